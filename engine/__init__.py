@@ -1,0 +1,1 @@
+"""Nudge: a batch personalization and journey engine."""
