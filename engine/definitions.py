@@ -1,0 +1,115 @@
+"""Load and check every definition before a run uses any of them.
+
+Each file is validated on its own (errors name file, line and field), then the set as a whole: references
+between segments resolve and do not loop, journeys enter on known segments, and every template a journey sends
+exists, has a context builder, and renders with that builder's sample context. All problems are gathered and
+raised together, so one pass fixes them all. The content hash of every file is the version a run records.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.contexts import builder_for
+from engine.render import MessageTemplateError, TemplateStore
+from engine.rules import segment_refs
+from engine.segments import SegmentCycleError, evaluation_order
+from engine.yaml_source import DefinitionError, Problem, YamlDocument, load_yaml, validate_document
+from models.journeys import BranchNode, JourneyDefinition, SendNode
+from models.segments import SegmentDefinition
+
+
+@dataclass(frozen=True)
+class Definitions:
+    segments: dict[str, SegmentDefinition]
+    journeys: dict[str, JourneyDefinition]
+    versions: dict[str, str]  # "segments/x.yaml" or "templates/email/x" -> sha256
+
+    def journey_version(self, name: str) -> str:
+        return self.versions[f"journeys/{name}.yaml"][:16]
+
+
+def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
+    problems: list[Problem] = []
+    versions: dict[str, str] = {}
+    segments: dict[str, SegmentDefinition] = {}
+    journeys: dict[str, JourneyDefinition] = {}
+    sources: dict[str, YamlDocument] = {}
+    broken: set[str] = set()  # names whose file failed: referring to them is not a second problem
+    for kind, model, target in (("segments", SegmentDefinition, segments), ("journeys", JourneyDefinition, journeys)):
+        for path in sorted((root / kind).glob("*.yaml")):
+            shown = path.relative_to(root).as_posix()
+            try:
+                doc = load_yaml(path, root=root)
+                definition = validate_document(doc, model, root=root)
+            except DefinitionError as error:
+                problems.extend(error.problems)
+                broken.add(path.stem)
+                continue
+            versions[shown] = doc.sha256
+            if definition.name != path.stem:
+                problems.append(
+                    Problem(shown, doc.line_of(("name",)), "name", f"must match the file name {path.stem!r}")
+                )
+            target[definition.name] = definition  # type: ignore[assignment]
+            sources[f"{kind}/{definition.name}"] = doc
+    known = set(segments) | broken
+    problems.extend(_check_segments(segments, known, sources))
+    problems.extend(_check_journeys(journeys, known, sources, templates, versions))
+    if problems:
+        raise DefinitionError(problems)
+    return Definitions(segments=segments, journeys=journeys, versions=dict(sorted(versions.items())))
+
+
+def _check_segments(
+    segments: dict[str, SegmentDefinition], known: set[str], sources: dict[str, YamlDocument]
+) -> list[Problem]:
+    problems = []
+    for name, segment in segments.items():
+        for ref in segment_refs(segment.rule):
+            if ref not in known:
+                problems.append(_problem(sources[f"segments/{name}"], ("rule",), f"unknown segment {ref!r}"))
+    if not problems and known == set(segments):
+        try:
+            evaluation_order(segments)
+        except SegmentCycleError as error:
+            problems.append(Problem("segments", 1, "rule", str(error)))
+    return problems
+
+
+def _check_journeys(
+    journeys: dict[str, JourneyDefinition],
+    known: set[str],
+    sources: dict[str, YamlDocument],
+    templates: TemplateStore,
+    versions: dict[str, str],
+) -> list[Problem]:
+    problems = []
+    for name, journey in journeys.items():
+        doc = sources[f"journeys/{name}"]
+        if journey.entry.segment not in known:
+            problems.append(_problem(doc, ("entry", "segment"), f"unknown segment {journey.entry.segment!r}"))
+        for node_id, node in journey.nodes.items():
+            if isinstance(node, BranchNode):
+                for number, case in enumerate(node.branch):
+                    for ref in segment_refs(case.when):
+                        if ref not in known:
+                            where = ("nodes", node_id, "branch", number, "when")
+                            problems.append(_problem(doc, where, f"unknown segment {ref!r}"))
+            if isinstance(node, SendNode):
+                where = ("nodes", node_id, "send", "template")
+                try:
+                    sample = builder_for(node.send.template).sample
+                    if node.send.channel == "email":
+                        version = templates.validate_email(node.send.template, sample).version
+                    else:
+                        version = templates.validate_push(node.send.template, sample).version
+                except (KeyError, MessageTemplateError) as error:
+                    problems.append(_problem(doc, where, str(error).strip('"')))
+                    continue
+                versions[f"templates/{node.send.channel}/{node.send.template}"] = version
+    return problems
+
+
+def _problem(doc: YamlDocument, loc: tuple[str | int, ...], message: str) -> Problem:
+    field = ".".join(str(part) for part in loc)
+    return Problem(doc.path.parent.name + "/" + doc.path.name, doc.line_of(loc), field, message)

@@ -1,0 +1,59 @@
+"""Journey state in the database: load what a run needs, and write what it did in one transaction.
+
+The instances a run moved, their transitions and the outbox rows their sends planned are written together
+(the caller holds one transaction per journey), so a crash leaves either all of a journey's step or none of it,
+and the rerun that follows redoes exactly the missing part.
+"""
+
+from typing import Any
+
+import polars as pl
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from engine.db import insert_new, upsert
+from engine.journeys import INSTANCE_SCHEMA, Advance
+from models.tables import JourneyInstance, JourneyTransition, OutboxMessage
+
+_INSTANCES = JourneyInstance.__table__  # type: ignore[attr-defined]
+_TRANSITIONS = JourneyTransition.__table__  # type: ignore[attr-defined]
+_OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+def load_active(conn: Connection, journey: str) -> pl.DataFrame:
+    columns = [_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names() if name != "steps"]
+    rows = conn.execute(
+        select(*columns, _INSTANCES.c.steps)
+        .where(_INSTANCES.c.journey == journey, _INSTANCES.c.status == "active")
+        .order_by(_INSTANCES.c.instance_id)
+    ).all()
+    names = [*(name for name in INSTANCE_SCHEMA.names() if name != "steps"), "steps"]
+    return pl.DataFrame([tuple(row) for row in rows], schema={n: INSTANCE_SCHEMA[n] for n in names}, orient="row")
+
+
+def load_known(conn: Connection, journey: str) -> pl.DataFrame:
+    """Every instance's user, status and id: what the re-entry policy and rerun detection look at."""
+    rows = conn.execute(
+        select(_INSTANCES.c.user_id, _INSTANCES.c.status, _INSTANCES.c.instance_id).where(
+            _INSTANCES.c.journey == journey
+        )
+    ).all()
+    schema = {"user_id": pl.String, "status": pl.String, "instance_id": pl.String}
+    return pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+
+
+def save_step(conn: Connection, *, result: Advance, outbox: pl.DataFrame, run_id: str) -> int:
+    """Write a journey's moved instances, transitions and outbox rows; returns outbox rows newly added."""
+    instances = result.instances.with_columns(pl.lit(run_id).alias("run_id"))
+    transitions = result.transitions.with_columns(pl.lit(run_id).alias("run_id"))
+    if not instances.is_empty():
+        upsert(conn, _INSTANCES, _records(instances))
+    if not transitions.is_empty():
+        insert_new(conn, _TRANSITIONS, _records(transitions))
+    if outbox.is_empty():
+        return 0
+    return insert_new(conn, _OUTBOX, _records(outbox))
+
+
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dicts()
