@@ -52,12 +52,13 @@ def plan_outbox(sends: pl.DataFrame, users: pl.LazyFrame, *, run_id: str, as_of:
             _skip_reason(has_address=pl.col("_tokens") > 0, consent=pl.col("push_consent"), missing="no_push_token"),
         )
     )
-    rows = pl.concat([emails.select(OUTBOX_COLUMNS[:-2], "reason"), pushes.select(OUTBOX_COLUMNS[:-2], "reason")])
+    columns = [name for name in OUTBOX_COLUMNS if name != "status"]
+    rows = pl.concat([emails.select(columns), pushes.select(columns)])
     return (
         rows.with_columns(
             pl.when(pl.col("reason").is_null()).then(pl.lit("planned")).otherwise(pl.lit("skipped")).alias("status")
         )
-        .select(OUTBOX_COLUMNS)
+        .select(list(OUTBOX_COLUMNS))
         .sort("send_key")
         .collect()
     )
