@@ -1,0 +1,306 @@
+"""A loopback SendGrid: POST /v3/mail/send with SendGrid's auth, validation, errors and rate limits.
+
+Scripting (`fail_next`, `hang_next`, `rate_limit`, `bounce`) lets tests provoke every answer the
+delivery layer must handle. Requests that arrive while a previously returned X-RateLimit-Reset is still
+in the future are kept in `early_requests()`: a well-behaved client never sends those.
+"""
+
+import json
+import math
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.fakes.server import FakeServer, Reply, Request
+
+MAIL_SEND_PATH = "/v3/mail/send"
+EVENTS_PATH = "/_fake/events"
+DEFAULT_API_KEY = "SG.nudge-fake.local-only-key"
+
+_HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message."
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_MAX_CUSTOM_ARGS_BYTES = 10_000
+_MAX_PERSONALIZATIONS = 1000
+_MAX_CATEGORIES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    status: int
+    reset_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Hang:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    scripted: _Failure | _Hang | None
+    rate_headers: dict[str, str]
+    over_limit: bool
+
+
+class FakeSendGrid(FakeServer):
+    """SendGrid's v3 mail/send on 127.0.0.1.
+
+    Args:
+        api_key: the only key accepted as `Authorization: Bearer <key>`.
+        rate_limit: (requests, window seconds): beyond that many requests in a fixed window the fake
+            answers 429 on its own, with X-RateLimit-Reset at the window's end.
+        early_grace: requests arriving this soon after a 429 are not counted as early; they were
+            already in flight when the client got the 429.
+    """
+
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        *,
+        port: int = 0,
+        record_file: Path | None = None,
+        rate_limit: tuple[int, float] | None = None,
+        early_grace: float = 0.25,
+    ) -> None:
+        super().__init__(port, record_file)
+        self.api_key = api_key
+        self._rate_limit = rate_limit
+        self._early_grace = early_grace
+        self._script: deque[_Failure | _Hang] = deque()
+        self._bounced: set[str] = set()
+        self._events: list[dict[str, Any]] = []
+        self._early: list[Request] = []
+        self._window: tuple[float, int] = (0.0, 0)  # (window start, requests in it)
+        self._limited_at = 0.0  # when the last 429 went out
+        self._limited_until = 0.0  # the X-RateLimit-Reset it carried
+        self._state = threading.Lock()
+
+    def fail_next(self, status: int, count: int = 1, *, reset_in: float = 1.0) -> None:
+        """Answer the next `count` authorized sends with `status` (400, 429, 500, 502, 503, ...).
+
+        A 429 carries X-RateLimit-Reset `reset_in` seconds ahead, rounded up to whole epoch seconds
+        as SendGrid sends it.
+        """
+        with self._state:
+            self._script.extend(_Failure(status, reset_in) for _ in range(count))
+
+    def hang_next(self, seconds: float, count: int = 1) -> None:
+        """Hold the next `count` authorized sends for `seconds` before answering them normally."""
+        with self._state:
+            self._script.extend(_Hang(seconds) for _ in range(count))
+
+    def bounce(self, *addresses: str) -> None:
+        """Accept mail to these addresses (202, like SendGrid) but record a bounce event for each."""
+        with self._state:
+            self._bounced.update(a.lower() for a in addresses)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Bounce events in SendGrid's Event Webhook shape (custom_args as top-level keys)."""
+        with self._state:
+            return list(self._events)
+
+    def early_requests(self) -> list[Request]:
+        """Requests that arrived before an X-RateLimit-Reset the fake had already returned."""
+        with self._state:
+            return list(self._early)
+
+    def handle(self, request: Request) -> Reply:
+        if request.method == "GET" and request.path == EVENTS_PATH:
+            return Reply(200, self.events())
+        if request.path != MAIL_SEND_PATH:
+            return _errors(404, [(None, "not found")])
+        if request.method != "POST":
+            return _errors(405, [(None, "method not allowed")])
+        if request.header("Authorization") != f"Bearer {self.api_key}":
+            return _errors(401, [(None, "The provided authorization grant is invalid, expired, or revoked")])
+        admission = self._admit(request)
+        if isinstance(admission.scripted, _Hang):
+            self.pause(admission.scripted.seconds)
+        elif admission.scripted is not None:
+            return self._failure(admission.scripted, request.timestamp)
+        if admission.over_limit:
+            return _too_many(admission.rate_headers)
+        problems = validate_mail(request.body)
+        if problems:
+            return _errors(400, problems)
+        return self._accept(request.body, admission.rate_headers)
+
+    def _admit(self, request: Request) -> _Admission:
+        """Note an early arrival, count the request in its rate window, and take the next scripted answer."""
+        now = request.timestamp
+        with self._state:
+            if self._limited_at + self._early_grace < now < self._limited_until:
+                self._early.append(request)
+            scripted = self._script.popleft() if self._script else None
+            if self._rate_limit is None:
+                return _Admission(scripted, {}, over_limit=False)
+            limit, window = self._rate_limit
+            start = math.floor(now / window) * window
+            count = self._window[1] + 1 if self._window[0] == start else 1
+            self._window = (start, count)
+            reset = math.ceil(start + window)
+            if count > limit:
+                self._note_limited(now, reset)
+            headers = {
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(max(limit - count, 0)),
+                "X-RateLimit-Reset": str(reset),
+            }
+            return _Admission(scripted, headers, over_limit=count > limit)
+
+    def _note_limited(self, now: float, reset: float) -> None:
+        self._limited_at = now
+        self._limited_until = max(self._limited_until, reset)
+
+    def _failure(self, failure: _Failure, now: float) -> Reply:
+        if failure.status != 429:
+            return _errors(failure.status, [(None, f"scripted failure {failure.status}")])
+        reset = math.ceil(now + failure.reset_in)
+        with self._state:
+            self._note_limited(now, reset)
+        limit = str(self._rate_limit[0]) if self._rate_limit else "600"
+        return _too_many({"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
+
+    def _accept(self, body: dict[str, Any], limit_headers: dict[str, str]) -> Reply:
+        if body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable"):
+            return Reply(200, None, limit_headers)  # validated, not delivered: no message id
+        message_id = secrets.token_urlsafe(16)[:22]
+        self._record_bounces(body, message_id)
+        return Reply(202, None, limit_headers | {"X-Message-Id": message_id})
+
+    def _record_bounces(self, body: dict[str, Any], message_id: str) -> None:
+        now = int(time.time())
+        with self._state:
+            bounced = set(self._bounced)
+        for personalization in body["personalizations"]:
+            custom_args = {**body.get("custom_args", {}), **personalization.get("custom_args", {})}
+            for recipient in personalization["to"]:
+                address = recipient["email"]
+                if address.lower() not in bounced:
+                    continue
+                event = {
+                    **custom_args,
+                    "email": address,
+                    "timestamp": now,
+                    "event": "bounce",
+                    "type": "bounce",
+                    "status": "5.1.1",
+                    "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+                    "sg_event_id": uuid.uuid4().hex,
+                    "sg_message_id": f"{message_id}.filter0001.0.0",
+                    "smtp-id": f"<{message_id}@fake.sendgrid.local>",
+                    "category": body.get("categories", []),
+                }
+                with self._state:
+                    self._events.append(event)
+
+
+# SendGrid's own wording, so that error details read like production's.
+_MESSAGES = {
+    "personalizations": "The personalizations field is required and must have at least one personalization.",
+    "too_many_personalizations": "The personalizations field cannot have more than 1000 items.",
+    "to": "The to array is required for all personalization objects, and must have at least one email "
+    "object with a valid email address.",
+    "address": "Does not contain a valid address.",
+    "from": "The from object must be provided for every email send. It is an object that requires an email "
+    "parameter, but may also contain a name parameter.",
+    "from_address": "The from email does not contain a valid address.",
+    "subject": "The subject is required. You can get around this requirement if you use a template with a "
+    "subject defined or if every personalization has a subject defined.",
+    "content": "Unless a valid template_id is provided, the content parameter is required. There must be at "
+    "least one defined content block.",
+    "content_value": "The content value must be a string at least one character in length.",
+    "content_order": "If present, text/plain content must be first, followed by text/html, followed by any "
+    "other content.",
+    "custom_args": "The custom_args total size must be less than 10000 bytes.",
+    "categories": "You can't have more than 10 categories per request.",
+}
+
+Problem = tuple[str | None, str]  # (field, message)
+
+
+def validate_mail(body: Any) -> list[Problem]:
+    """The (field, message) problems SendGrid would report for a v3 mail/send body."""
+    if not isinstance(body, dict):
+        return [(None, "Bad Request")]
+    problems: list[Problem] = []
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        problems.append(("personalizations", _MESSAGES["personalizations"]))
+        personalizations = []
+    elif len(personalizations) > _MAX_PERSONALIZATIONS:
+        problems.append(("personalizations", _MESSAGES["too_many_personalizations"]))
+    for i, personalization in enumerate(personalizations):
+        problems += _personalization_problems(i, personalization)
+    sender = body.get("from")
+    if not isinstance(sender, dict) or not sender.get("email"):
+        problems.append(("from.email", _MESSAGES["from"]))
+    elif not _ADDRESS.fullmatch(str(sender["email"])):
+        problems.append(("from.email", _MESSAGES["from_address"]))
+    has_template = bool(body.get("template_id"))
+    subject_everywhere = bool(personalizations) and all(
+        isinstance(p, dict) and p.get("subject") for p in personalizations
+    )
+    if not (has_template or body.get("subject") or subject_everywhere):
+        problems.append(("subject", _MESSAGES["subject"]))
+    problems += _content_problems(body.get("content"), has_template)
+    if _json_size(body.get("custom_args", {})) >= _MAX_CUSTOM_ARGS_BYTES:
+        problems.append(("custom_args", _MESSAGES["custom_args"]))
+    if len(body.get("categories", [])) > _MAX_CATEGORIES:
+        problems.append(("categories", _MESSAGES["categories"]))
+    return problems
+
+
+def _personalization_problems(i: int, personalization: Any) -> list[Problem]:
+    to = personalization.get("to") if isinstance(personalization, dict) else None
+    if not isinstance(to, list) or not to:
+        return [(f"personalizations.{i}.to", _MESSAGES["to"])]
+    problems: list[Problem] = [
+        (f"personalizations.{i}.to.{j}.email", _MESSAGES["address"])
+        for j, recipient in enumerate(to)
+        if not isinstance(recipient, dict) or not _ADDRESS.fullmatch(str(recipient.get("email", "")))
+    ]
+    if _json_size(personalization.get("custom_args", {})) >= _MAX_CUSTOM_ARGS_BYTES:
+        problems.append((f"personalizations.{i}.custom_args", _MESSAGES["custom_args"]))
+    return problems
+
+
+def _content_problems(content: Any, has_template: bool) -> list[Problem]:
+    if not content:
+        return [] if has_template else [("content", _MESSAGES["content"])]
+    problems: list[Problem] = [
+        (f"content.{i}.value", _MESSAGES["content_value"])
+        for i, block in enumerate(content)
+        if not isinstance(block, dict) or not isinstance(block.get("value"), str) or not block["value"]
+    ]
+    types = [block.get("type") for block in content if isinstance(block, dict)]
+    if "text/plain" in types and types[0] != "text/plain":
+        problems.append(("content.0.type", _MESSAGES["content_order"]))
+    return problems
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value).encode())
+
+
+def _too_many(headers: dict[str, str]) -> Reply:
+    return Reply(429, {"errors": [{"field": None, "message": "too many requests"}]}, headers)
+
+
+def _errors(status: int, problems: list[Problem]) -> Reply:
+    """SendGrid's error body: {"errors": [{"message", "field", "help"}]}."""
+    return Reply(
+        status,
+        {
+            "errors": [
+                {"message": message, "field": field_, "help": _HELP + field_ if field_ else None}
+                for field_, message in problems
+            ]
+        },
+    )

@@ -1,0 +1,223 @@
+"""A loopback HTTP server that records every request: the common ground of the provider fakes.
+
+Fakes subclass `FakeServer` and answer in `handle`. Each request is recorded (in memory, and as one
+JSON line in `record_file` when given) with the status it got, so tests can assert on exactly what the
+real SDKs put on the wire; `GET /_fake/requests` serves the same record to another process.
+"""
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+INTROSPECTION_PATH = "/_fake/requests"
+# How often the serving loop checks for stop(); the stdlib default of 0.5 s makes every stop that slow.
+_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the fake sees it; `body` is parsed JSON, form fields, text, or None."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    timestamp: float
+
+    def header(self, name: str) -> str | None:
+        """A header by case-insensitive name."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the fake answers: a status, a JSON body (or none), and headers."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request and the status it was answered with; `timestamp` is its arrival, epoch seconds."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int
+    timestamp: float
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when a thread pool opens many at once.
+    request_queue_size = 128
+    daemon_threads = True
+
+
+class FakeServer:
+    """Serves `handle` on 127.0.0.1 from a daemon thread; start()/stop() or use as a context manager."""
+
+    def __init__(self, port: int = 0, record_file: Path | None = None) -> None:
+        self._port = port
+        self._record_file = record_file
+        self._records: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def handle(self, request: Request) -> Reply:
+        """Answer one request; subclasses implement the provider's API here."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:54321 (known once started)."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> Self:
+        """Bind (a free port unless one was given) and serve in a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError(f"{type(self).__name__} is already started")
+        self._stopping.clear()
+        self._server = _Server(("127.0.0.1", self._port), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL},
+            name=f"{type(self).__name__}-{self._server.server_port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cut short any scripted hang, and release the port."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def received(self, path_prefix: str = "") -> list[RecordedRequest]:
+        """Requests received so far, oldest first, optionally only those whose path starts with a prefix."""
+        with self._lock:
+            return [r for r in self._records if r.path.startswith(path_prefix)]
+
+    def clear(self) -> None:
+        """Forget the requests received so far (not the record file)."""
+        with self._lock:
+            self._records.clear()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep inside a handler, as a hung provider would, unless the fake is being stopped."""
+        self._stopping.wait(seconds)
+
+    def _record(self, request: Request, status: int) -> None:
+        record = RecordedRequest(
+            request.method, request.path, dict(request.headers), request.body, status, request.timestamp
+        )
+        with self._lock:
+            self._records.append(record)
+            if self._record_file is not None:
+                with self._record_file.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(asdict(record)) + "\n")
+
+
+def _handler_for(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+        # Buffer the response: unbuffered, the headers go out in small writes and Nagle's algorithm
+        # with delayed ACKs adds ~40 ms to every keep-alive request.
+        wbufsize = -1
+
+        def do_GET(self) -> None:
+            self._dispatch()
+
+        def do_POST(self) -> None:
+            self._dispatch()
+
+        def do_PUT(self) -> None:
+            self._dispatch()
+
+        def do_PATCH(self) -> None:
+            self._dispatch()
+
+        def do_DELETE(self) -> None:
+            self._dispatch()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: every request is recorded instead."""
+
+        def _dispatch(self) -> None:
+            arrived = time.time()
+            url = urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            request = Request(
+                self.command,
+                url.path,
+                dict(self.headers.items()),
+                _parse(raw, self.headers.get("Content-Type") or ""),
+                arrived,
+            )
+            if self.command == "GET" and url.path == INTROSPECTION_PATH:
+                prefix = parse_qs(url.query).get("path", [""])[0]
+                self._write(Reply(200, [asdict(r) for r in fake.received(prefix)]))
+                return
+            reply = fake.handle(request)
+            fake._record(request, reply.status)
+            self._write(reply)
+
+        def _write(self, reply: Reply) -> None:
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            try:
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if payload:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up waiting (a scripted hang)
+
+    return Handler
+
+
+def _parse(raw: bytes, content_type: str) -> Any:
+    if not raw:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    if "json" in content_type:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    if "x-www-form-urlencoded" in content_type:
+        return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(text).items()}
+    return text

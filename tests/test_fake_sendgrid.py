@@ -1,0 +1,179 @@
+"""The SendGrid fake on the wire: auth, validation, scripted answers, rate limits, bounces, records."""
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.fakes import FakeSendGrid
+from engine.fakes.sendgrid import DEFAULT_API_KEY
+
+MAIL = {
+    "personalizations": [{"to": [{"email": "ada@example.com"}], "custom_args": {"send_key": "k-1", "run_id": "r"}}],
+    "from": {"email": "hello@example.com"},
+    "subject": "Hi",
+    "content": [{"type": "text/plain", "value": "hi"}, {"type": "text/html", "value": "<p>hi</p>"}],
+    "categories": ["winback"],
+}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid() as server:
+        yield server
+
+
+def call(
+    url: str, body: Any = None, *, key: str | None = DEFAULT_API_KEY, method: str = "POST"
+) -> tuple[int, dict[str, str], Any]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            status, reply_headers, raw = reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as error:
+        status, reply_headers, raw = error.code, dict(error.headers), error.read()
+    return status, reply_headers, json.loads(raw) if raw else None
+
+
+def send(fake: FakeSendGrid, body: Any = MAIL, **kwargs: Any) -> tuple[int, dict[str, str], Any]:
+    return call(f"{fake.url}/v3/mail/send", body, **kwargs)
+
+
+def test_a_valid_mail_is_accepted_with_a_message_id_and_no_body(fake: FakeSendGrid) -> None:
+    status, headers, body = send(fake)
+
+    assert (status, body) == (202, None)
+    assert len(headers["X-Message-Id"]) == 22
+
+
+@pytest.mark.parametrize("key", [None, "SG.someone-else"])
+def test_a_missing_or_wrong_key_gets_401_in_sendgrids_error_shape(fake: FakeSendGrid, key: str | None) -> None:
+    status, _, body = send(fake, key=key)
+
+    assert status == 401
+    assert body == {
+        "errors": [
+            {"message": "The provided authorization grant is invalid, expired, or revoked", "field": None, "help": None}
+        ]
+    }
+
+
+def test_validation_reports_every_problem_with_its_field(fake: FakeSendGrid) -> None:
+    bad = {"personalizations": [{"to": [{"email": "nope"}]}], "content": [{"type": "text/html", "value": ""}]}
+
+    status, _, body = send(fake, bad)
+
+    assert status == 400
+    fields = [e["field"] for e in body["errors"]]
+    assert fields == ["personalizations.0.to.0.email", "from.email", "subject", "content.0.value"]
+    assert all(e["message"] and e["help"].startswith("http://sendgrid.com/docs/") for e in body["errors"])
+
+
+def test_missing_personalizations_and_oversized_custom_args_are_refused(fake: FakeSendGrid) -> None:
+    status, _, body = send(fake, {**MAIL, "personalizations": [], "custom_args": {"x": "y" * 10_000}})
+
+    assert status == 400
+    assert [e["field"] for e in body["errors"]] == ["personalizations", "custom_args"]
+
+
+def test_plain_text_must_come_first(fake: FakeSendGrid) -> None:
+    reordered = {**MAIL, "content": list(reversed(MAIL["content"]))}
+
+    status, _, body = send(fake, reordered)
+
+    assert (status, [e["field"] for e in body["errors"]]) == (400, ["content.0.type"])
+
+
+def test_scripted_answers_are_used_in_order_then_normal_service_resumes(fake: FakeSendGrid) -> None:
+    fake.fail_next(500)
+    fake.fail_next(429, reset_in=10)
+
+    first, second, third = send(fake), send(fake), send(fake)
+
+    assert first[0] == 500
+    assert second[0] == 429
+    assert int(second[1]["X-RateLimit-Reset"]) >= time.time() + 9
+    assert second[1]["X-RateLimit-Remaining"] == "0"
+    assert third[0] == 202
+    assert [r.status for r in fake.received()] == [500, 429, 202]
+
+
+def test_a_scripted_hang_delays_the_answer(fake: FakeSendGrid) -> None:
+    fake.hang_next(0.3)
+    started = time.monotonic()
+
+    status, _, _ = send(fake)
+
+    assert status == 202 and time.monotonic() - started >= 0.3
+
+
+def test_the_rate_limit_answers_429_on_its_own_and_flags_early_requests() -> None:
+    with FakeSendGrid(rate_limit=(2, 3600), early_grace=0.0) as fake:
+        statuses = [send(fake)[0] for _ in range(3)]
+        _, headers, _ = send(fake)
+
+        assert statuses == [202, 202, 429]
+        assert headers["X-RateLimit-Limit"] == "2"
+        assert int(headers["X-RateLimit-Reset"]) % 3600 == 0
+        assert len(fake.early_requests()) == 1  # the fourth came before the reset the third was told
+
+
+def test_requests_after_the_reset_are_not_early(fake: FakeSendGrid) -> None:
+    fake.fail_next(429, reset_in=0)
+
+    send(fake)
+    time.sleep(max(0.0, int(time.time()) + 1 - time.time()))
+    send(fake)
+
+    assert fake.early_requests() == []
+
+
+def test_bounced_addresses_are_accepted_and_leave_an_event(fake: FakeSendGrid) -> None:
+    fake.bounce("Ada@Example.com")
+
+    status, headers, _ = send(fake)
+    _, _, events = call(f"{fake.url}/_fake/events", method="GET", key=None)
+
+    assert status == 202
+    assert events == fake.events()
+    [event] = events
+    assert event["event"] == "bounce" and event["email"] == "ada@example.com"
+    assert (event["send_key"], event["run_id"]) == ("k-1", "r")
+    assert event["sg_message_id"].startswith(headers["X-Message-Id"])
+    assert event["category"] == ["winback"]
+
+
+def test_requests_are_recorded_in_memory_over_http_and_in_a_jsonl_file(tmp_path: Path) -> None:
+    record_file = tmp_path / "requests.jsonl"
+    with FakeSendGrid(record_file=record_file) as fake:
+        send(fake)
+        send(fake, key="SG.wrong")
+        _, _, over_http = call(f"{fake.url}/_fake/requests", method="GET", key=None)
+        in_memory = fake.received()
+
+    from_file = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert [r.status for r in in_memory] == [202, 401]
+    assert over_http == from_file
+    assert [(r["method"], r["path"], r["status"]) for r in from_file] == [
+        ("POST", "/v3/mail/send", 202),
+        ("POST", "/v3/mail/send", 401),
+    ]
+    assert from_file[0]["body"] == MAIL
+    assert from_file[0]["headers"]["Authorization"] == f"Bearer {DEFAULT_API_KEY}"
+    assert from_file[0]["timestamp"] <= from_file[1]["timestamp"]
+
+
+def test_the_port_is_released_on_stop() -> None:
+    fake = FakeSendGrid().start()
+    port = int(fake.url.rsplit(":", 1)[1])
+    fake.stop()
+
+    with FakeSendGrid(port=port) as again:
+        assert again.url.endswith(f":{port}")
