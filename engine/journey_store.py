@@ -21,14 +21,12 @@ _OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 def load_active(conn: Connection, journey: str) -> pl.DataFrame:
-    columns = [_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names() if name != "steps"]
     rows = conn.execute(
-        select(*columns, _INSTANCES.c.steps)
+        select(*(_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names()))
         .where(_INSTANCES.c.journey == journey, _INSTANCES.c.status == "active")
         .order_by(_INSTANCES.c.instance_id)
     ).all()
-    names = [*(name for name in INSTANCE_SCHEMA.names() if name != "steps"), "steps"]
-    return pl.DataFrame([tuple(row) for row in rows], schema={n: INSTANCE_SCHEMA[n] for n in names}, orient="row")
+    return pl.DataFrame([tuple(row) for row in rows], schema=INSTANCE_SCHEMA, orient="row")
 
 
 def load_known(conn: Connection, journey: str) -> pl.DataFrame:

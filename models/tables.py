@@ -63,6 +63,7 @@ class JourneyInstance(SQLModel, table=True):
     due_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
     status: str = "active"
     exit_reason: str | None = None
+    steps: int = 0
     run_id: str
 
 

@@ -1,8 +1,12 @@
 """Session-wide fixtures: one Prefect test server for the whole suite (starting one costs 15-30 s)."""
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# The test server's telemetry job writes to its SQLite database and collides with the runs' writes.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,206 @@
+"""The steps of one engine run as plain functions: what the Prefect tasks call, and what tests call directly.
+
+Each step reads what it needs from the stores and the database, so steps can run in separate tasks (or
+processes) without passing frames between them; a dry run computes everything and writes nothing.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+from sqlalchemy import Engine
+
+from engine.behaviour import Behaviour
+from engine.db import upsert
+from engine.definitions import Definitions
+from engine.dispatch import DispatchCounts, dispatch_channel
+from engine.ingest import ingest_events, load_users, scan_events
+from engine.journey_store import load_active, load_known, save_step
+from engine.journeys import run_journey
+from engine.outbox import plan_outbox
+from engine.providers.factory import Senders
+from engine.render import TemplateStore
+from engine.rollups import scan_rollups, update_rollups
+from engine.segments import MembershipStore, SegmentChange, compute_memberships, diff_memberships
+from engine.settings import EngineSettings
+from models.tables import SegmentSize
+
+_SEGMENT_SIZES = SegmentSize.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    as_of: datetime
+    dry_run: bool
+    settings: EngineSettings
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    fingerprint: str
+    files_ingested: int
+    files_unchanged: int
+    rows_loaded: int
+    rows_quarantined: int
+    quarantined_by_reason: dict[str, int]
+    rollup_partitions_rebuilt: int
+    users: int
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    name: str
+    size: int
+    entered: int
+    exited: int
+
+
+@dataclass
+class JourneySummary:
+    name: str
+    entered: int = 0
+    transitions: int = 0
+    exits: dict[str, int] = field(default_factory=dict)
+    at_node: dict[str, int] = field(default_factory=dict)
+    messages: dict[str, int] = field(default_factory=dict)  # "email:planned", "push:skipped:no_consent", ...
+
+
+def behaviour_at(settings: EngineSettings, as_of: datetime) -> Behaviour:
+    return Behaviour(
+        as_of=as_of,
+        events=scan_events(settings.store_dir, as_of=as_of),
+        rollups=scan_rollups(settings.store_dir, through_day=as_of.date()),
+    )
+
+
+def users_at(settings: EngineSettings, as_of: datetime) -> pl.LazyFrame:
+    return load_users(settings.snapshot, as_of=as_of).users.lazy()
+
+
+def ingest(ctx: RunContext) -> IngestSummary:
+    """Validate and normalize new raw files, then fold new arrivals into rollups."""
+    settings = ctx.settings
+    report = ingest_events(settings.snapshot, store_dir=settings.store_dir, through=ctx.as_of.date())
+    rebuilt = update_rollups(settings.store_dir)
+    users = load_users(settings.snapshot, as_of=ctx.as_of)
+    return IngestSummary(
+        fingerprint=report.fingerprint,
+        files_ingested=report.files_ingested,
+        files_unchanged=report.files_unchanged,
+        rows_loaded=report.rows_loaded,
+        rows_quarantined=report.rows_quarantined,
+        quarantined_by_reason=dict(report.quarantined_by_reason),
+        rollup_partitions_rebuilt=len(rebuilt),
+        users=users.users.height,
+    )
+
+
+def recompute_segments(ctx: RunContext, definitions: Definitions, database: Engine) -> dict[str, SegmentChange]:
+    """Every segment's members at as_of and the change since the previous run; stored unless dry."""
+    settings = ctx.settings
+    store = MembershipStore(settings.store_dir / "segments")
+    memberships = compute_memberships(
+        definitions.segments, users_at(settings, ctx.as_of), behaviour_at(settings, ctx.as_of)
+    )
+    changes = diff_memberships(memberships, store, ctx.as_of)
+    if not ctx.dry_run:
+        for name, change in changes.items():
+            store.write(name, ctx.as_of, change.members)
+        with database.begin() as conn:
+            upsert(conn, _SEGMENT_SIZES, [_size_row(ctx, definitions, change) for change in changes.values()])
+    return changes
+
+
+def summarize_segments(changes: dict[str, SegmentChange]) -> list[SegmentSummary]:
+    return [
+        SegmentSummary(name, change.members.len(), change.entered.len(), change.exited.len())
+        for name, change in sorted(changes.items())
+    ]
+
+
+def advance_journeys(
+    ctx: RunContext, definitions: Definitions, database: Engine, changes: dict[str, SegmentChange]
+) -> list[JourneySummary]:
+    """Enter, advance and plan sends for every active journey, one database transaction per journey."""
+    settings = ctx.settings
+    users = users_at(settings, ctx.as_of)
+    behaviour = behaviour_at(settings, ctx.as_of)
+    memberships = {name: change.members for name, change in changes.items()}
+    summaries = []
+    for name, journey in sorted(definitions.journeys.items()):
+        if journey.status != "active":
+            continue
+        version = definitions.journey_version(name)
+        with database.begin() as conn:
+            new, result = run_journey(
+                journey,
+                version,
+                entered=changes[journey.entry.segment].entered,
+                known=load_known(conn, name),
+                active=load_active(conn, name),
+                users=users,
+                behaviour=behaviour,
+                memberships=memberships,
+            )
+            outbox = plan_outbox(result.sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
+            if not ctx.dry_run:
+                save_step(conn, result=result, outbox=outbox, run_id=ctx.run_id)
+        summaries.append(_journey_summary(name, new, result.instances, result.transitions, outbox))
+    return summaries
+
+
+def dispatch(
+    ctx: RunContext, database: Engine, templates: TemplateStore, senders: Senders
+) -> dict[str, DispatchCounts]:
+    """Send what is sendable in the outbox, email then push; a dry run sends nothing."""
+    if ctx.dry_run:
+        return {}
+    settings = ctx.settings
+    users = users_at(settings, ctx.as_of)
+    behaviour = behaviour_at(settings, ctx.as_of)
+    channels = {"email": senders.email, "push": senders.push}
+    return {
+        channel: dispatch_channel(
+            database,
+            channel=channel,
+            run_id=ctx.run_id,
+            behaviour=behaviour,
+            users=users,
+            templates=templates,
+            sender=sender,
+        )
+        for channel, sender in channels.items()
+    }
+
+
+def _size_row(ctx: RunContext, definitions: Definitions, change: SegmentChange) -> dict[str, object]:
+    return {
+        "segment": change.name,
+        "as_of": ctx.as_of,
+        "run_id": ctx.run_id,
+        "definition_version": definitions.versions[f"segments/{change.name}.yaml"][:16],
+        "size": change.members.len(),
+        "entered": change.entered.len(),
+        "exited": change.exited.len(),
+    }
+
+
+def _journey_summary(
+    name: str, new: pl.DataFrame, instances: pl.DataFrame, transitions: pl.DataFrame, outbox: pl.DataFrame
+) -> JourneySummary:
+    exited = instances.filter(pl.col("status") == "exited")
+    waiting = instances.filter(pl.col("status") == "active")
+    messages = Counter(
+        f"{channel}:{status}" + (f":{reason}" if reason else "")
+        for channel, status, reason in outbox.select("channel", "status", "reason").iter_rows()
+    )
+    return JourneySummary(
+        name=name,
+        entered=new.height,
+        transitions=transitions.height,
+        exits=dict(Counter(exited.get_column("exit_reason").to_list())),
+        at_node=dict(Counter(waiting.get_column("node").to_list())),
+        messages=dict(sorted(messages.items())),
+    )

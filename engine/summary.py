@@ -1,0 +1,82 @@
+"""What a run did, in one structure: recorded in the run history, printed by the CLI, shown as artifacts."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from engine.dispatch import DispatchCounts
+from engine.pipeline import IngestSummary, JourneySummary, SegmentSummary
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    as_of: datetime
+    dry_run: bool
+    ingest: IngestSummary
+    segments: list[SegmentSummary]
+    journeys: list[JourneySummary]
+    delivery: dict[str, DispatchCounts]
+    in_doubt: int
+
+    def messages(self) -> dict[str, int]:
+        """Messages by channel and fate across journeys: planned, sent (accepted), skipped, failed."""
+        totals: dict[str, int] = {}
+        for journey in self.journeys:
+            for key, count in journey.messages.items():
+                channel, status, *_ = key.split(":")
+                totals[f"{channel}_{status}"] = totals.get(f"{channel}_{status}", 0) + count
+        for channel, counts in self.delivery.items():
+            for outcome, count in counts.outcomes.items():
+                name = "sent" if outcome == "accepted" else outcome
+                totals[f"{channel}_{name}"] = totals.get(f"{channel}_{name}", 0) + count
+        return dict(sorted(totals.items()))
+
+    def counts(self) -> dict[str, object]:
+        return {
+            "ingest": self.ingest,
+            "segments": {s.name: {"size": s.size, "entered": s.entered, "exited": s.exited} for s in self.segments},
+            "journeys": {j.name: j for j in self.journeys},
+            "delivery": {channel: counts.as_dict() for channel, counts in self.delivery.items()},
+            "messages": self.messages(),
+            "in_doubt": self.in_doubt,
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Run for {self.as_of.isoformat()}" + (" (dry run)" if self.dry_run else ""),
+            "",
+            f"Snapshot `{self.ingest.fingerprint[:16]}`: {self.ingest.rows_loaded:,} new rows loaded, "
+            f"{self.ingest.rows_quarantined:,} quarantined, {self.ingest.users:,} users.",
+            "",
+            "## Segments",
+            "",
+            "| segment | size | entered | exited |",
+            "|---|---:|---:|---:|",
+            *(f"| {s.name} | {s.size:,} | {s.entered:,} | {s.exited:,} |" for s in self.segments),
+            "",
+            "## Journeys",
+            "",
+            "| journey | entered | steps taken | exits | waiting at |",
+            "|---|---:|---:|---|---|",
+            *(
+                f"| {j.name} | {j.entered:,} | {j.transitions:,} | {_pairs(j.exits)} | {_pairs(j.at_node)} |"
+                for j in self.journeys
+            ),
+            "",
+            "## Messages",
+            "",
+            "| channel | planned | sent | skipped | failed | retryable |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        messages = self.messages()
+        for channel in ("email", "push"):
+            cells = [messages.get(f"{channel}_{k}", 0) for k in ("planned", "sent", "skipped", "failed", "retryable")]
+            lines.append(f"| {channel} | " + " | ".join(f"{c:,}" for c in cells) + " |")
+        if self.in_doubt:
+            lines += ["", f"**{self.in_doubt} message(s) in doubt**: claimed by an earlier run that never recorded"
+                      " an outcome; they are not re-sent automatically."]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key}: {value:,}" for key, value in sorted(counts.items())) or "-"
