@@ -27,6 +27,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--users", type=int, default=20_000, help="sample population (default 20,000)")
     demo.add_argument("--home", type=Path, default=Path(".nudge/demo"), help="state folder (default .nudge/demo)")
     demo.add_argument("--keep", action="store_true", help="keep the state of a previous demo instead of starting anew")
+    demo.add_argument(
+        "--snapshot",
+        type=Path,
+        help="run on this snapshot instead of generated data (e.g. from `python -m engine.sample completejourney`)",
+    )
+    demo.add_argument(
+        "--first-day",
+        type=date.fromisoformat,
+        help="first day to run, at 06:00 UTC (default: the last days of the sample)",
+    )
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser("run", help="one engine run for one as_of")
@@ -51,19 +61,19 @@ def _demo(args: argparse.Namespace) -> None:
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     _configure_local_prefect(home.parent / "prefect")
+    snapshot = args.snapshot or home / "snapshot"
     os.environ["NUDGE_HOME"] = str(home)
-    os.environ["NUDGE_SNAPSHOT_DIR"] = str(home / "snapshot")
+    os.environ["NUDGE_SNAPSHOT_DIR"] = str(snapshot)
 
     from engine.sample.generate import generate
 
-    snapshot = home / "snapshot"
     if not (snapshot / "events").exists():
         print(f"Generating {args.users:,} sample users over {DEMO_HISTORY_DAYS} days into {snapshot} ...")
         generate(snapshot, users=args.users, days=DEMO_HISTORY_DAYS, start=DEMO_START)
     with _providers(home) as captured:
         from flows.daily import daily_campaign
 
-        first = DEMO_START + timedelta(days=DEMO_HISTORY_DAYS - args.days)
+        first = args.first_day or DEMO_START + timedelta(days=DEMO_HISTORY_DAYS - args.days)
         for offset in range(args.days):
             as_of = datetime.combine(first + timedelta(days=offset), time(6), UTC)
             print(_day_line(daily_campaign(as_of=as_of)))

@@ -154,6 +154,18 @@ def test_rerunning_a_day_sends_nothing_and_leaves_the_outbox_as_it_was(world: Wo
     assert all(journey.transitions == 0 for journey in summary.journeys)
 
 
+def test_each_run_publishes_a_summary_artifact(world: World):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"run-{as_of:%Y-%m-%d-%H%M}" for as_of in RUN_TIMES]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {artifact.key for artifact in artifacts} == set(keys)
+    for artifact in artifacts:
+        assert "## Segments" in artifact.data and "cart_abandoners" in artifact.data and "| email |" in artifact.data
+
+
 def test_the_run_history_records_definitions_and_snapshot(world: World):
     table = Run.__table__
     with connect(f"sqlite:///{world.home / 'nudge.db'}").connect() as conn:

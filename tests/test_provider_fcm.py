@@ -189,11 +189,15 @@ def test_a_hang_beyond_the_timeout_is_a_retryable_timeout(tmp_path: Path) -> Non
     assert (outcome.status, outcome.error_code) == ("retryable", "timeout")
 
 
-def test_1200_pushes_go_in_chunks_of_at_most_500_and_all_arrive(fake: FakeFcm, sender: FcmPushSender) -> None:
+def test_1200_pushes_all_arrive_without_overflowing_the_connection_pool(
+    fake: FakeFcm, sender: FcmPushSender, caplog: pytest.LogCaptureFixture
+) -> None:
     pushes = [push(f"p-{i}", f"token-{i}") for i in range(1200)]
 
-    outcomes = sender.send(pushes)
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+        outcomes = sender.send(pushes)
 
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()], "more threads than connections"
     assert [o.send_key for o in outcomes] == [p.send_key for p in pushes]
     assert {o.status for o in outcomes} == {"accepted"}
     assert len({o.provider_message_id for o in outcomes}) == 1200
