@@ -154,9 +154,7 @@ def advance_journeys(
 def dispatch(
     ctx: RunContext, database: Engine, templates: TemplateStore, senders: Senders
 ) -> dict[str, DispatchCounts]:
-    """Send what is sendable in the outbox, email then push; a dry run sends nothing."""
-    if ctx.dry_run:
-        return {}
+    """Send what is sendable in the outbox, email then push. Dry runs never get here: they build no senders."""
     settings = ctx.settings
     users = users_at(settings, ctx.as_of)
     behaviour = behaviour_at(settings, ctx.as_of)

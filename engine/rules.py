@@ -19,44 +19,30 @@ from engine.behaviour import Behaviour, CountFeature, count_constant_window, cou
 from models.rules import All, AnyOf, Attribute, AttributeSpec, Not, NotPerformed, Performed, Rule, SegmentRef
 
 
-def count_features(rule: Rule) -> Iterator[CountFeature]:
-    """Every windowed count the rule reads, in rule order (duplicates included)."""
+def leaves(rule: Rule) -> Iterator[Rule]:
+    """The conditions of a rule tree that are not `all`, `any` or `not`, in rule order."""
     match rule:
         case All(all=items) | AnyOf(any=items):
             for item in items:
-                yield from count_features(item)
+                yield from leaves(item)
         case Not(not_=inner):
-            yield from count_features(inner)
-        case Performed(performed=spec):
-            yield CountFeature(spec.event, spec.within)
-        case NotPerformed(not_performed=spec):
-            yield CountFeature(spec.event, spec.within)
+            yield from leaves(inner)
+        case _:
+            yield rule
+
+
+def count_features(rule: Rule) -> Iterator[CountFeature]:
+    """Every windowed count the rule reads, in rule order (duplicates included)."""
+    for leaf in leaves(rule):
+        match leaf:
+            case Performed(performed=spec):
+                yield CountFeature(spec.event, spec.within)
+            case NotPerformed(not_performed=spec):
+                yield CountFeature(spec.event, spec.within)
 
 
 def segment_refs(rule: Rule) -> Iterator[str]:
-    match rule:
-        case All(all=items) | AnyOf(any=items):
-            for item in items:
-                yield from segment_refs(item)
-        case Not(not_=inner):
-            yield from segment_refs(inner)
-        case SegmentRef(segment=name):
-            yield name
-
-
-def attribute_names(rule: Rule) -> Iterator[str]:
-    match rule:
-        case All(all=items) | AnyOf(any=items):
-            for item in items:
-                yield from attribute_names(item)
-        case Not(not_=inner):
-            yield from attribute_names(inner)
-        case Attribute(attribute=spec):
-            yield spec.name
-        case Performed(performed=spec) if spec.within is not None and spec.within.after:
-            yield spec.within.after
-        case NotPerformed(not_performed=spec) if spec.within is not None and spec.within.after:
-            yield spec.within.after
+    return (leaf.segment for leaf in leaves(rule) if isinstance(leaf, SegmentRef))
 
 
 def with_features(subjects: pl.LazyFrame, features: list[CountFeature], behaviour: Behaviour) -> pl.LazyFrame:
