@@ -6,10 +6,11 @@ exists, has a context builder, and renders with that builder's sample context. A
 raised together, so one pass fixes them all. The content hash of every file is the version a run records.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.contexts import builder_for
+from engine.python_segments import PythonSegment, load_python_segment
 from engine.render import MessageTemplateError, TemplateStore
 from engine.rules import segment_refs
 from engine.segments import SegmentCycleError, evaluation_order
@@ -23,6 +24,11 @@ class Definitions:
     segments: dict[str, SegmentDefinition]
     journeys: dict[str, JourneyDefinition]
     versions: dict[str, str]  # "segments/x.yaml" or "templates/email/x" -> sha256
+    python_segments: dict[str, PythonSegment] = field(default_factory=dict)
+
+    def segment_version(self, name: str) -> str:
+        kind = "py" if name in self.python_segments else "yaml"
+        return self.versions[f"segments/{name}.{kind}"]
 
     def journey_version(self, name: str) -> str:
         return self.versions[f"journeys/{name}.yaml"][:16]
@@ -52,21 +58,42 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
                 )
             target[definition.name] = definition  # type: ignore[assignment]
             sources[f"{kind}/{definition.name}"] = doc
+    python_segments: dict[str, PythonSegment] = {}
+    for path in sorted((root / "segments").glob("*.py")):
+        shown = path.relative_to(root).as_posix()
+        try:
+            python_segments[path.stem] = segment = load_python_segment(path, shown=shown)
+        except DefinitionError as error:
+            problems.extend(error.problems)
+            broken.add(path.stem)
+            continue
+        versions[shown] = segment.version
+        if path.stem in segments:
+            problems.append(Problem(shown, 1, "", f"segment {path.stem!r} is also defined in YAML"))
     known = set(segments) | broken
-    problems.extend(_check_segments(segments, known, sources))
+    problems.extend(_check_segments(segments, known, set(python_segments), sources))
+    known |= set(python_segments)
     problems.extend(_check_journeys(journeys, known, sources, templates, versions))
     if problems:
         raise DefinitionError(problems)
-    return Definitions(segments=segments, journeys=journeys, versions=dict(sorted(versions.items())))
+    return Definitions(
+        segments=segments,
+        journeys=journeys,
+        versions=dict(sorted(versions.items())),
+        python_segments=python_segments,
+    )
 
 
 def _check_segments(
-    segments: dict[str, SegmentDefinition], known: set[str], sources: dict[str, YamlDocument]
+    segments: dict[str, SegmentDefinition], known: set[str], python: set[str], sources: dict[str, YamlDocument]
 ) -> list[Problem]:
     problems = []
     for name, segment in segments.items():
         for ref in segment_refs(segment.rule):
-            if ref not in known:
+            if ref in python:
+                message = f"{ref!r} is a Python segment: YAML rules cannot reference Python segments yet"
+                problems.append(_problem(sources[f"segments/{name}"], ("rule",), message))
+            elif ref not in known:
                 problems.append(_problem(sources[f"segments/{name}"], ("rule",), f"unknown segment {ref!r}"))
     if not problems and known == set(segments):
         try:

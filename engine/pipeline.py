@@ -20,6 +20,7 @@ from engine.journey_store import load_active, load_known, save_step
 from engine.journeys import run_journey
 from engine.outbox import plan_outbox
 from engine.providers.factory import Senders
+from engine.python_segments import compute_python_memberships, dry_run
 from engine.render import TemplateStore
 from engine.rollups import scan_rollups, update_rollups
 from engine.segments import MembershipStore, SegmentChange, compute_memberships, diff_memberships
@@ -101,9 +102,11 @@ def recompute_segments(ctx: RunContext, definitions: Definitions, database: Engi
     """Every segment's members at as_of and the change since the previous run; stored unless dry."""
     settings = ctx.settings
     store = MembershipStore(settings.store_dir / "segments")
-    memberships = compute_memberships(
-        definitions.segments, users_at(settings, ctx.as_of), behaviour_at(settings, ctx.as_of)
-    )
+    users = users_at(settings, ctx.as_of)
+    behaviour = behaviour_at(settings, ctx.as_of)
+    dry_run(definitions.python_segments, users.collect_schema())
+    memberships = compute_python_memberships(definitions.python_segments, users, behaviour)
+    memberships |= compute_memberships(definitions.segments, users, behaviour)
     changes = diff_memberships(memberships, store, ctx.as_of)
     if not ctx.dry_run:
         for name, change in changes.items():
@@ -178,7 +181,7 @@ def _size_row(ctx: RunContext, definitions: Definitions, change: SegmentChange) 
         "segment": change.name,
         "as_of": ctx.as_of,
         "run_id": ctx.run_id,
-        "definition_version": definitions.versions[f"segments/{change.name}.yaml"][:16],
+        "definition_version": definitions.segment_version(change.name)[:16],
         "size": change.members.len(),
         "entered": change.entered.len(),
         "exited": change.exited.len(),

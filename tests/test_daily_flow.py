@@ -131,7 +131,12 @@ def test_every_message_carries_its_send_key_to_the_provider(world: World):
 def test_each_day_reports_segments_journeys_and_messages(world: World):
     assert [s.as_of for s in world.summaries] == RUN_TIMES
     for summary in world.summaries:
-        assert {s.name for s in summary.segments} == {"cart_abandoners", "dormant_new_users", "loyalists"}
+        assert {s.name for s in summary.segments} == {
+            "cart_abandoners",
+            "dormant_new_users",
+            "loyalists",
+            "top_spenders",
+        }
         assert summary.delivery["email"].outcomes.get("failed", 0) == 0
     sent = sum(s.messages().get("email_sent", 0) + s.messages().get("push_sent", 0) for s in world.summaries)
     assert sent == len(world.emails()) + len(world.pushes())
