@@ -153,6 +153,7 @@ def _configure_local_prefect(prefect_home: Path) -> None:
     """A project-local Prefect (ephemeral server over a SQLite file) unless one is configured already."""
     if os.environ.get("PREFECT_API_URL"):
         return
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
     os.environ.setdefault("PREFECT_HOME", str(prefect_home.resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -181,7 +181,7 @@ def scan_events(store_dir: Path, *, as_of: datetime) -> pl.LazyFrame:
 def _raw_files(snapshot_dir: Path, *, through: date) -> list[_RawFile]:
     root = snapshot_dir / EVENTS_DIR
     if not root.is_dir():
-        raise SnapshotError(f"{EVENTS_DIR}/: no events folder in the snapshot")
+        raise SnapshotError(f"{EVENTS_DIR}/: no events folder in the snapshot at {snapshot_dir} (NUDGE_SNAPSHOT_DIR)")
     found: list[_RawFile] = []
     for day, folder in partitions(root, base=snapshot_dir):
         if day > through:
