@@ -51,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     outbox = commands.add_parser("outbox", help="outbox rows by channel and status")
     outbox.set_defaults(handler=_outbox)
 
+    journey = commands.add_parser("journey", help="who is at which node of a journey, and arrivals per node per day")
+    journey.add_argument("name")
+    journey.set_defaults(handler=_journey)
+
+    path = commands.add_parser("path", help="one user's steps through journeys, with the reason for each")
+    path.add_argument("user_id")
+    path.add_argument("--journey")
+    path.set_defaults(handler=_path)
+
     args = parser.parse_args(argv)
     args.handler(args)
 
@@ -123,6 +132,44 @@ def _outbox(_args: argparse.Namespace) -> None:
         ).all()
     for channel, status, reason, count in rows:
         print(f"{channel:6} {status:10} {reason or '':16} {count:>8,}")
+
+
+def _journey(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from engine.db import connect
+    from engine.definitions import load_definitions
+    from engine.journey_views import arrivals_per_day, where_users_are
+    from engine.render import TemplateStore
+    from engine.settings import EngineSettings
+
+    settings = EngineSettings()
+    definitions = load_definitions(settings.definitions_dir, TemplateStore(settings.templates_dir))
+    nodes = [definitions.journeys[args.name].start, *definitions.journeys[args.name].nodes]
+    order = pl.DataFrame({"node": list(dict.fromkeys(nodes)), "order": range(len(dict.fromkeys(nodes)))})
+    view = pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True)
+    with connect(settings.database).connect() as conn, view:
+        print(f"Where the instances of {args.name} are now:")
+        print(where_users_are(conn, args.name))
+        arrivals = arrivals_per_day(conn, args.name)
+        recent = arrivals.filter(pl.col("day") >= arrivals.get_column("day").max() - timedelta(days=6))
+        table = recent.with_columns(pl.col("day").dt.strftime("%m-%d")).pivot("day", index="node", values="arrivals")
+        print("\nArrivals per node, last 7 days:")
+        print(table.join(order, on="node", how="left").sort("order").drop("order").fill_null(0))
+
+
+def _path(args: argparse.Namespace) -> None:
+    from engine.db import connect
+    from engine.journey_views import user_path
+    from engine.settings import EngineSettings
+
+    with connect(EngineSettings().database).connect() as conn:
+        steps = user_path(conn, args.user_id, args.journey)
+    if steps.is_empty():
+        sys.exit(f"no journey steps recorded for user {args.user_id!r}")
+    for step in steps.iter_rows(named=True):
+        move = f"{step['from_node'] or '(start)'} -> {step['to_node']}"
+        print(f"{step['at']:%Y-%m-%d %H:%M}  {step['journey']:16} {move:40} {step['reason']}")
 
 
 class _providers:

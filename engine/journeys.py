@@ -11,10 +11,12 @@ same as_of over the state the first run left produces no transition at all, and 
 very same rows.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
+from pydantic import BaseModel
 
 from engine.behaviour import Behaviour
 from engine.keys import key_expr
@@ -260,7 +262,8 @@ def _step(
                 for number, case in reversed(list(enumerate(node.branch, start=1))):
                     holds = predicate(case.when, as_of=behaviour.as_of, memberships=memberships)
                     chosen = pl.when(holds).then(pl.lit(case.next)).otherwise(chosen)
-                    why = pl.when(holds).then(pl.lit(f"case {number} held")).otherwise(why)
+                    held = f"case {number} held: {_describe(case.when)}"
+                    why = pl.when(holds).then(pl.lit(held)).otherwise(why)
                 next_node = pl.when(at).then(chosen).otherwise(next_node)
                 reason = pl.when(at).then(why).otherwise(reason)
     return (
@@ -288,6 +291,12 @@ def _sends(journey: JourneyDefinition, step: pl.DataFrame) -> pl.DataFrame:
         channel.alias("channel"),
         template.alias("template"),
     )
+
+
+def _describe(rule: object) -> str:
+    """A rule in its YAML flow form, compact enough for a transition's reason."""
+    assert isinstance(rule, BaseModel)
+    return json.dumps(rule.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":"))
 
 
 def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:

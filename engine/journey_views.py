@@ -1,0 +1,63 @@
+"""What operators ask of journey state: who is where, how many moved per node per day, one user's path."""
+
+import polars as pl
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from models.tables import JourneyInstance, JourneyTransition
+
+_INSTANCES = JourneyInstance.__table__  # type: ignore[attr-defined]
+_TRANSITIONS = JourneyTransition.__table__  # type: ignore[attr-defined]
+
+
+def where_users_are(conn: Connection, journey: str) -> pl.DataFrame:
+    """Instances by current node: active ones waiting there, exited ones with their reason."""
+    rows = conn.execute(
+        select(_INSTANCES.c.node, _INSTANCES.c.status, _INSTANCES.c.exit_reason, func.count())
+        .where(_INSTANCES.c.journey == journey)
+        .group_by(_INSTANCES.c.node, _INSTANCES.c.status, _INSTANCES.c.exit_reason)
+        .order_by(_INSTANCES.c.status, _INSTANCES.c.node)
+    ).all()
+    schema = {"node": pl.String, "status": pl.String, "exit_reason": pl.String, "instances": pl.Int64}
+    return pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+
+
+def arrivals_per_day(conn: Connection, journey: str) -> pl.DataFrame:
+    """How many instances reached each node on each (UTC) day: the journey's daily funnel."""
+    rows = conn.execute(
+        select(_TRANSITIONS.c.at, _TRANSITIONS.c.to_node).where(_TRANSITIONS.c.journey == journey)
+    ).all()
+    frame = pl.DataFrame(
+        [tuple(row) for row in rows], schema={"at": pl.Datetime("us", "UTC"), "node": pl.String}, orient="row"
+    )
+    return (
+        frame.group_by(pl.col("at").dt.date().alias("day"), "node").agg(pl.len().alias("arrivals")).sort("day", "node")
+    )
+
+
+def user_path(conn: Connection, user_id: str, journey: str | None = None) -> pl.DataFrame:
+    """Every step one user took, in order, with the run that took it and why."""
+    query = select(
+        _TRANSITIONS.c.journey,
+        _TRANSITIONS.c.instance_id,
+        _TRANSITIONS.c.step,
+        _TRANSITIONS.c.from_node,
+        _TRANSITIONS.c.to_node,
+        _TRANSITIONS.c.at,
+        _TRANSITIONS.c.run_id,
+        _TRANSITIONS.c.reason,
+    ).where(_TRANSITIONS.c.user_id == user_id)
+    if journey is not None:
+        query = query.where(_TRANSITIONS.c.journey == journey)
+    rows = conn.execute(query.order_by(_TRANSITIONS.c.at, _TRANSITIONS.c.instance_id, _TRANSITIONS.c.step)).all()
+    schema = {
+        "journey": pl.String,
+        "instance_id": pl.String,
+        "step": pl.Int64,
+        "from_node": pl.String,
+        "to_node": pl.String,
+        "at": pl.Datetime("us", "UTC"),
+        "run_id": pl.String,
+        "reason": pl.String,
+    }
+    return pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
