@@ -13,7 +13,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import models.feedback  # registers its tables on SQLModel.metadata, as the next line does
+import models.tables  # noqa: F401
 
 _BATCH = 5_000
 

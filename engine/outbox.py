@@ -64,6 +64,19 @@ def plan_outbox(sends: pl.DataFrame, users: pl.LazyFrame, *, run_id: str, as_of:
     )
 
 
+def skip_suppressed(outbox: pl.DataFrame, channel: str, suppressed: set[str]) -> pl.DataFrame:
+    """Planned rows of `channel` to a suppressed address become skips: a bounce or unsubscribe is final."""
+    hit = (
+        (pl.col("status") == "planned")
+        & (pl.col("channel") == channel)
+        & pl.col("recipient").str.to_lowercase().is_in([address.lower() for address in suppressed])
+    )
+    return outbox.with_columns(
+        pl.when(hit).then(pl.lit("skipped")).otherwise(pl.col("status")).alias("status"),
+        pl.when(hit).then(pl.lit("suppressed")).otherwise(pl.col("reason")).alias("reason"),
+    )
+
+
 def _skip_reason(*, has_address: pl.Expr, consent: pl.Expr, missing: str) -> pl.Expr:
     return (
         pl.when(~has_address.fill_null(False))

@@ -15,10 +15,11 @@ from engine.behaviour import Behaviour
 from engine.db import upsert
 from engine.definitions import Definitions
 from engine.dispatch import DispatchCounts, dispatch_channel
+from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
 from engine.journey_store import load_active, load_known, save_step
 from engine.journeys import run_journey
-from engine.outbox import plan_outbox
+from engine.outbox import plan_outbox, skip_suppressed
 from engine.providers.factory import Senders
 from engine.python_segments import compute_python_memberships, dry_run
 from engine.render import TemplateStore
@@ -148,6 +149,8 @@ def advance_journeys(
                 memberships=memberships,
             )
             outbox = plan_outbox(result.sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
+            emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
+            outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
             if not ctx.dry_run:
                 save_step(conn, result=result, outbox=outbox, run_id=ctx.run_id)
         summaries.append(_journey_summary(name, new, result.instances, result.transitions, outbox))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
 from engine.fakes import FakeSendGrid
 from engine.fakes.sendgrid import DEFAULT_API_KEY
@@ -177,3 +178,49 @@ def test_the_port_is_released_on_stop() -> None:
 
     with FakeSendGrid(port=port) as again:
         assert again.url.endswith(f":{port}")
+
+
+def test_webhook_events_are_shaped_like_sendgrids_for_the_mail_the_fake_accepted(fake: FakeSendGrid) -> None:
+    _, headers, _ = send(fake)
+    send(
+        fake,
+        {
+            **MAIL,
+            "categories": ["a", "b"],
+            "personalizations": [{**MAIL["personalizations"][0], "custom_args": {"send_key": "k-2"}}],
+        },
+    )
+
+    [click] = fake.webhook_events_for(["k-1"], "click", timestamp=1_790_000_000, url="https://example.com/x")
+    [bounce] = fake.webhook_events_for(["k-2"], "bounce", timestamp=1_790_000_001)
+
+    assert click["event"] == "click" and click["email"] == "ada@example.com"
+    assert (click["send_key"], click["run_id"], click["timestamp"]) == ("k-1", "r", 1_790_000_000)
+    assert click["sg_message_id"].startswith(headers["X-Message-Id"])
+    assert click["url"] == "https://example.com/x" and "useragent" in click and "smtp-id" not in click
+    assert click["category"] == "winback"  # one category comes as a string, several as an array
+    assert bounce["category"] == ["a", "b"] and bounce["status"] == "5.1.1" and "smtp-id" in bounce
+    assert click["sg_event_id"] != bounce["sg_event_id"]
+    assert [m.custom_args.get("send_key") for m in fake.accepted()] == ["k-1", "k-2"]
+
+
+def test_webhook_events_exist_only_for_accepted_mail_and_known_types(fake: FakeSendGrid) -> None:
+    send(fake, {**MAIL, "mail_settings": {"sandbox_mode": {"enable": True}}})  # validated, never delivered
+
+    with pytest.raises(ValueError, match="accepted no mail with send_key 'k-1'"):
+        fake.webhook_events_for(["k-1"], "delivered", timestamp=0)
+    with pytest.raises(ValueError, match="unknown SendGrid event 'opened'"):
+        fake.webhook_events_for(["k-1"], "opened", timestamp=0)
+
+
+def test_webhook_batches_are_signed_as_sendgrid_signs_them(fake: FakeSendGrid) -> None:
+    send(fake)
+    body, headers = fake.signed_webhook_batch(fake.webhook_events_for(["k-1"], "open", timestamp=5), timestamp=7)
+    helper = EventWebhook(fake.webhook_public_key())
+    signature, timestamp = headers[EventWebhookHeader.SIGNATURE], headers[EventWebhookHeader.TIMESTAMP]
+
+    assert json.loads(body)[0]["event"] == "open" and timestamp == "7"
+    assert helper.verify_signature(body.decode(), signature, timestamp)
+    assert not helper.verify_signature(body.decode(), signature, "8")
+    assert not helper.verify_signature(body.decode().replace("open", "click"), signature, timestamp)
+    assert not EventWebhook(FakeSendGrid().webhook_public_key()).verify_signature(body.decode(), signature, timestamp)

@@ -3,8 +3,13 @@
 Scripting (`fail_next`, `hang_next`, `rate_limit`, `bounce`) lets tests provoke every answer the
 delivery layer must handle. Requests that arrive while a previously returned X-RateLimit-Reset is still
 in the future are kept in `early_requests()`: a well-behaved client never sends those.
+
+Like SendGrid's Signed Event Webhook, the fake holds an ECDSA P-256 key pair: `webhook_events_for` makes
+realistic events for the mail it accepted and `signed_webhook_batch` signs a batch the way SendGrid does, for
+a receiver that verifies with `webhook_public_key()`.
 """
 
+import base64
 import json
 import math
 import re
@@ -13,9 +18,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sendgrid.helpers.eventwebhook import EventWebhookHeader
 
 from engine.fakes.server import FakeServer, Reply, Request
 
@@ -39,6 +49,17 @@ class _Failure:
 @dataclass(frozen=True, slots=True)
 class _Hang:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedMail:
+    """One recipient of a message the fake accepted: what its webhook events are about."""
+
+    message_id: str
+    recipient_index: int
+    email: str
+    custom_args: dict[str, str]
+    categories: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +101,8 @@ class FakeSendGrid(FakeServer):
         self._limited_at = 0.0  # when the last 429 went out
         self._limited_until = 0.0  # the X-RateLimit-Reset it carried
         self._state = threading.Lock()
+        self._accepted: list[AcceptedMail] = []
+        self._webhook_key = ec.generate_private_key(ec.SECP256R1())
 
     def fail_next(self, status: int, count: int = 1, *, reset_in: float = 1.0) -> None:
         """Answer the next `count` authorized sends with `status` (400, 429, 500, 502, 503, ...).
@@ -172,6 +195,7 @@ class FakeSendGrid(FakeServer):
             return Reply(200, None, limit_headers)  # validated, not delivered: no message id
         message_id = secrets.token_urlsafe(16)[:22]
         self._record_bounces(body, message_id)
+        self._remember_accepted(body, message_id)
         return Reply(202, None, limit_headers | {"X-Message-Id": message_id})
 
     def _record_bounces(self, body: dict[str, Any], message_id: str) -> None:
@@ -199,6 +223,113 @@ class FakeSendGrid(FakeServer):
                 }
                 with self._state:
                     self._events.append(event)
+
+    def accepted(self) -> list[AcceptedMail]:
+        """Every recipient of every accepted (not sandboxed) message, oldest first."""
+        with self._state:
+            return list(self._accepted)
+
+    def webhook_events_for(
+        self, send_keys: Iterable[str], event: str, *, timestamp: int, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """One `event` per accepted recipient whose custom_args carry one of `send_keys`, shaped as SendGrid's.
+
+        Each has sg_event_id, sg_message_id, email, timestamp, event, the type's own fields (a click's url, a
+        bounce's status and reason, ...), `category` as SendGrid sends it (a string for one, an array for
+        several) and the custom_args at the top level. `fields` add to or override those.
+
+        Raises:
+            ValueError: an unknown event type, or a send_key the fake never accepted: there is no feedback
+                about mail SendGrid never took.
+        """
+        if event not in _EVENT_FIELDS:
+            raise ValueError(f"unknown SendGrid event {event!r}; known: {', '.join(_EVENT_FIELDS)}")
+        wanted = list(dict.fromkeys(send_keys))
+        by_key: dict[str, list[AcceptedMail]] = {}
+        for mail in self.accepted():
+            by_key.setdefault(mail.custom_args.get("send_key", ""), []).append(mail)
+        unknown = [key for key in wanted if key not in by_key]
+        if unknown:
+            raise ValueError(f"the fake accepted no mail with send_key {', '.join(map(repr, unknown))}")
+        return [_webhook_event(mail, event, timestamp, fields) for key in wanted for mail in by_key[key]]
+
+    def webhook_public_key(self) -> str:
+        """The verification key as SendGrid's UI shows it: base64 DER SubjectPublicKeyInfo, one line."""
+        der = self._webhook_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def signed_webhook_batch(self, events: Sequence[dict[str, Any]], *, timestamp: int) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of an Event Webhook POST of these events, signed at `timestamp` (epoch seconds)."""
+        body = json.dumps(list(events)).encode()
+        return body, self.webhook_headers(body, timestamp=timestamp)
+
+    def webhook_headers(self, body: bytes, *, timestamp: int) -> dict[str, str]:
+        """SendGrid's headers for any body: ECDSA P-256/SHA-256 over timestamp + body, DER, base64."""
+        signature = self._webhook_key.sign(str(timestamp).encode() + body, ec.ECDSA(hashes.SHA256()))
+        return {
+            "Content-Type": "application/json",
+            "User-Agent": "SendGrid Event API",
+            EventWebhookHeader.SIGNATURE: base64.b64encode(signature).decode(),
+            EventWebhookHeader.TIMESTAMP: str(timestamp),
+        }
+
+    def _remember_accepted(self, body: dict[str, Any], message_id: str) -> None:
+        mails = []
+        for personalization in body["personalizations"]:
+            custom_args = {**body.get("custom_args", {}), **personalization.get("custom_args", {})}
+            for recipient in personalization["to"]:
+                mails.append(
+                    AcceptedMail(
+                        message_id, len(mails), recipient["email"], custom_args, tuple(body.get("categories", []))
+                    )
+                )
+        with self._state:
+            self._accepted.extend(mails)
+
+
+_USER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0"
+# Each event type's own fields, as in SendGrid's Event Webhook reference; delivery events also carry smtp-id.
+_EVENT_FIELDS: dict[str, dict[str, Any]] = {
+    "processed": {},
+    "deferred": {"response": "400 4.2.2 Mailbox full, try again later", "attempt": "1"},
+    "delivered": {"response": "250 2.0.0 OK", "ip": "149.72.1.1", "tls": 1},
+    "bounce": {
+        "type": "bounce",
+        "status": "5.1.1",
+        "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+        "bounce_classification": "Invalid Address",
+    },
+    "dropped": {"reason": "Bounced Address", "status": "5.0.0"},
+    "open": {"useragent": _USER_AGENT, "ip": "203.0.113.7", "sg_machine_open": False},
+    "click": {
+        "useragent": _USER_AGENT,
+        "ip": "203.0.113.7",
+        "url": "https://example.com/",
+        "url_offset": {"index": 0, "type": "html"},
+    },
+    "spamreport": {},
+    "unsubscribe": {"useragent": _USER_AGENT, "ip": "203.0.113.7"},
+    "group_unsubscribe": {"useragent": _USER_AGENT, "ip": "203.0.113.7", "asm_group_id": 1},
+}
+_DELIVERY_EVENTS = frozenset({"processed", "deferred", "delivered", "bounce", "dropped"})
+
+
+def _webhook_event(mail: AcceptedMail, event: str, timestamp: int, fields: dict[str, Any]) -> dict[str, Any]:
+    shaped: dict[str, Any] = {
+        "email": mail.email,
+        "timestamp": timestamp,
+        "event": event,
+        "sg_event_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+        "sg_message_id": f"{mail.message_id}.filter0001.{mail.recipient_index}.0",
+        **_EVENT_FIELDS[event],
+    }
+    if event in _DELIVERY_EVENTS:
+        shaped["smtp-id"] = f"<{mail.message_id}@fake.sendgrid.local>"
+    if mail.categories:
+        shaped["category"] = mail.categories[0] if len(mail.categories) == 1 else list(mail.categories)
+    return {**shaped, **mail.custom_args, **fields}
 
 
 # SendGrid's own wording, so that error details read like production's.
