@@ -47,8 +47,12 @@ class BranchNode(_Strict):
 
 
 class SendSpec(_Strict):
+    """`transactional` marks a message the user asked for (a receipt, a reset link): delivery controls meant
+    for marketing (frequency caps, quiet hours) do not hold it back."""
+
     channel: Literal["email", "push"]
     template: str = Field(pattern=SLUG)
+    transactional: bool = False
 
 
 class SendNode(_Strict):
@@ -95,6 +99,9 @@ class JourneyDefinition(_Strict):
     name: str = Field(pattern=SLUG)
     description: str = ""
     status: Literal["draft", "active", "paused", "archived"] = "active"
+    priority: int = Field(
+        default=0, description="when journeys want the same user and channel in one run, the highest wins"
+    )
     entry: Entry
     start: str
     nodes: dict[str, Node] = Field(min_length=1)
