@@ -19,8 +19,9 @@ import polars as pl
 from pydantic import BaseModel
 
 from engine.behaviour import Behaviour
+from engine.features import with_features
 from engine.keys import key_expr
-from engine.rules import count_features, predicate, with_features
+from engine.rules import predicate, rule_features
 from models.durations import format_duration
 from models.journeys import BranchNode, DelayNode, ExitNode, JourneyDefinition, SendNode
 
@@ -243,7 +244,7 @@ def _step(
         subjects = (
             ready.lazy().join(users, on="user_id", how="left").with_columns(pl.col("instance_id").alias("subject_id"))
         )
-        features = [feature for rule in branch_rules for feature in count_features(rule)]
+        features = [feature for rule in branch_rules for feature in rule_features(rule)]
         frame = with_features(subjects, features, behaviour)
     next_node = pl.lit(None, pl.String)
     reason = pl.lit(None, pl.String)

@@ -1,22 +1,42 @@
 """Compile rules into Polars over a frame of subjects (users, or journey instances).
 
-Evaluation is two passes: first every windowed count any rule needs is computed for the whole population and
-joined on as a column (`features`), then each rule becomes one boolean expression over those columns and the
-users' attributes (`predicate`). No per-user Python runs.
-
-Null handling is two-valued at each leaf: a comparison with a missing attribute is false, except the negative
-operators (`not_equals`, `not_in`), which hold for a missing value; so `not` of a leaf means "the leaf does not
-hold", as a marketer reads it.
+Evaluation is two passes: first every feature any rule reads (windowed counts and value statistics, first and
+last times, message engagement) is computed for the whole population and joined on as a column
+(`engine.features`), then each rule becomes one boolean expression over those columns and the users'
+attributes (`predicate`). No per-user Python runs.
 """
 
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import polars as pl
 
-from engine.behaviour import Behaviour, CountFeature, count_constant_window, count_subject_windows
-from models.rules import All, AnyOf, Attribute, AttributeSpec, Not, NotPerformed, Performed, Rule, SegmentRef
+from engine.behaviour import EventFilter
+from engine.features import DeliveryCount, EventStat, Feature, anchors, window_bounds
+from engine.rule_attributes import attribute_expr
+from engine.rule_buckets import bucket_expr
+from engine.rule_properties import Scalar
+from engine.rule_windows import resolve_moment
+from models.rules import (
+    Aggregate,
+    AggregateSpec,
+    All,
+    AnyOf,
+    Attribute,
+    Clicked,
+    EngagementSpec,
+    EventTimeSpec,
+    FirstPerformed,
+    LastPerformed,
+    Not,
+    NotPerformed,
+    Opened,
+    Performed,
+    RandomBucket,
+    Received,
+    Rule,
+    SegmentRef,
+)
 
 
 def leaves(rule: Rule) -> Iterator[Rule]:
@@ -31,43 +51,20 @@ def leaves(rule: Rule) -> Iterator[Rule]:
             yield rule
 
 
-def count_features(rule: Rule) -> Iterator[CountFeature]:
-    """Every windowed count the rule reads, in rule order (duplicates included)."""
+def rule_features(rule: Rule) -> Iterator[Feature]:
+    """Every feature the rule reads, in rule order (duplicates included), each window's anchor first."""
     for leaf in leaves(rule):
         match leaf:
-            case Performed(performed=spec):
-                yield CountFeature(spec.event, spec.within)
-            case NotPerformed(not_performed=spec):
-                yield CountFeature(spec.event, spec.within)
+            case FirstPerformed(first_performed=spec) | LastPerformed(last_performed=spec):
+                yield from anchors(spec.within)  # the time is tested against this window's bounds
+        feature = _feature(leaf)
+        if feature is not None:
+            yield from anchors(feature.window)
+            yield feature
 
 
 def segment_refs(rule: Rule) -> Iterator[str]:
     return (leaf.segment for leaf in leaves(rule) if isinstance(leaf, SegmentRef))
-
-
-def with_features(subjects: pl.LazyFrame, features: list[CountFeature], behaviour: Behaviour) -> pl.LazyFrame:
-    """Join each distinct count feature onto the subjects as a column, zero where nothing happened.
-
-    `subjects` has `subject_id`, `user_id`, the users' attributes and, for journeys, `entered_at`.
-    """
-    for feature in dict.fromkeys(features):
-        window = feature.window
-        if window is None or window.last is not None:
-            counts = count_constant_window(behaviour, feature)
-            subjects = subjects.join(counts, on="user_id", how="left")
-        else:
-            if window.since == "entry":
-                start = pl.col("entered_at")
-                end = pl.lit(behaviour.as_of)
-            else:
-                assert window.after is not None and window.for_ is not None
-                start = pl.col(window.after)
-                end = pl.col(window.after) + window.for_
-            bounded = subjects.select("subject_id", "user_id", start.alias("_start"), end.alias("_end"))
-            counts = count_subject_windows(behaviour, bounded, feature)
-            subjects = subjects.join(counts, on="subject_id", how="left")
-        subjects = subjects.with_columns(pl.col(feature.column).fill_null(0))
-    return subjects
 
 
 def predicate(rule: Rule, *, as_of: datetime, memberships: Mapping[str, pl.Series]) -> pl.Expr:
@@ -80,44 +77,89 @@ def predicate(rule: Rule, *, as_of: datetime, memberships: Mapping[str, pl.Serie
         case Not(not_=inner):
             return ~predicate(inner, as_of=as_of, memberships=memberships)
         case Performed(performed=spec):
-            count = pl.col(CountFeature(spec.event, spec.within).column)
-            low, high = spec.bounds()
-            held = count >= low
-            return held if high is None else held & (count <= high)
-        case NotPerformed(not_performed=spec):
-            return pl.col(CountFeature(spec.event, spec.within).column) == 0
+            return _count_between(_column(rule), *spec.bounds())
+        case NotPerformed():
+            return _column(rule) == 0
+        case Received(received=spec) | Opened(opened=spec) | Clicked(clicked=spec):
+            return _count_between(_column(rule), *spec.bounds())
+        case Aggregate(aggregate=spec):
+            return _compared(_column(rule), spec)
+        case FirstPerformed(first_performed=spec) | LastPerformed(last_performed=spec):
+            return _timed(_column(rule), spec, as_of)
         case Attribute(attribute=spec):
-            return _attribute(spec, as_of)
+            return attribute_expr(spec, as_of)
+        case RandomBucket(random_bucket=spec):
+            return bucket_expr(spec.seed).is_between(spec.from_, spec.to, closed="left")
         case SegmentRef(segment=name):
             return pl.col("user_id").is_in(memberships[name].implode())
     raise TypeError(f"not a rule: {rule!r}")
 
 
-def _attribute(spec: AttributeSpec, as_of: datetime) -> pl.Expr:
-    column = pl.col(spec.name)
-    operator, operand = spec.operator()
-    if operator == "exists":
-        return column.is_not_null() if operand else column.is_null()
-    if operator in ("not_equals", "not_in"):
-        test = column != operand if operator == "not_equals" else ~column.is_in(_values(operand))
-        return test.fill_null(True)
-    tests: dict[str, Any] = {
-        "equals": lambda: column == operand,
-        "in_": lambda: column.is_in(_values(operand)),
-        "lt": lambda: column < operand,
-        "lte": lambda: column <= operand,
-        "gt": lambda: column > operand,
-        "gte": lambda: column >= operand,
-        "older_than": lambda: column < as_of - _delta(operand),
-        "newer_than": lambda: column >= as_of - _delta(operand),
-    }
-    return tests[operator]().fill_null(False)
+def _feature(leaf: Rule) -> Feature | None:
+    """The one feature a leaf reads, if it reads one."""
+    match leaf:
+        case Performed(performed=spec):
+            return EventStat(_events(spec.event, spec.where), spec.within, "count")
+        case NotPerformed(not_performed=spec):
+            return EventStat(_events(spec.event, spec.where), spec.within, "count")
+        case Aggregate(aggregate=spec):
+            return EventStat(_events(spec.event, spec.where), spec.within, spec.fn)
+        case FirstPerformed(first_performed=spec):
+            return EventStat(_events(spec.event, spec.where), None, "first")
+        case LastPerformed(last_performed=spec):
+            return EventStat(_events(spec.event, spec.where), None, "last")
+        case Received(received=spec):
+            return _deliveries("received", spec)
+        case Opened(opened=spec):
+            return _deliveries("opened", spec)
+        case Clicked(clicked=spec):
+            return _deliveries("clicked", spec)
+    return None
 
 
-def _values(operand: list[Any]) -> pl.Series:
-    return pl.Series(operand)
+def _column(leaf: Rule) -> pl.Expr:
+    feature = _feature(leaf)
+    assert feature is not None
+    return pl.col(feature.column)
 
 
-def _delta(operand: object) -> timedelta:
-    assert isinstance(operand, timedelta)
-    return operand
+def _events(event: str, where: Mapping[str, Scalar] | None) -> EventFilter:
+    return EventFilter(event, tuple(sorted((where or {}).items())))
+
+
+def _deliveries(kind: str, spec: EngagementSpec) -> DeliveryCount:
+    return DeliveryCount(kind, spec.journey, spec.template, spec.channel, spec.within)
+
+
+def _count_between(count: pl.Expr, low: int, high: int | None) -> pl.Expr:
+    held = count >= low
+    return held if high is None else held & (count <= high)
+
+
+def _compared(value: pl.Expr, spec: AggregateSpec) -> pl.Expr:
+    """Every comparison given must hold; a missing statistic (the avg of nothing) fails them all."""
+    tests = []
+    if spec.lt is not None:
+        tests.append(value < spec.lt)
+    if spec.lte is not None:
+        tests.append(value <= spec.lte)
+    if spec.gt is not None:
+        tests.append(value > spec.gt)
+    if spec.gte is not None:
+        tests.append(value >= spec.gte)
+    if spec.between is not None:
+        tests.append(value.is_between(*spec.between, closed="both"))
+    return pl.all_horizontal(tests).fill_null(False)
+
+
+def _timed(ts: pl.Expr, spec: EventTimeSpec, as_of: datetime) -> pl.Expr:
+    """First or last time tests; a user who never performed the event has no time and does not match."""
+    tests = []
+    if spec.before is not None:
+        tests.append(ts < resolve_moment(spec.before, as_of))
+    if spec.after is not None:
+        tests.append(ts >= resolve_moment(spec.after, as_of))
+    if spec.within is not None:
+        start, end = window_bounds(spec.within, as_of)
+        tests.append((ts >= start) & (ts < end))
+    return pl.all_horizontal(tests).fill_null(False)

@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 
 from engine.behaviour import Behaviour
-from engine.rules import count_features, predicate, segment_refs, with_features
+from engine.features import with_features
+from engine.rules import predicate, rule_features, segment_refs
 from models.segments import SegmentDefinition
 
 
@@ -57,7 +58,7 @@ def compute_memberships(
     definitions: Mapping[str, SegmentDefinition], users: pl.LazyFrame, behaviour: Behaviour
 ) -> dict[str, pl.Series]:
     """The sorted user ids of each segment at the behaviour's as_of."""
-    features = [feature for d in definitions.values() for feature in count_features(d.rule)]
+    features = [feature for d in definitions.values() for feature in rule_features(d.rule)]
     subjects = users.with_columns(pl.col("user_id").alias("subject_id"))
     frame = with_features(subjects, features, behaviour).collect()
     memberships: dict[str, pl.Series] = {}

@@ -1,4 +1,4 @@
-"""Exact window counts (rollups for whole days, raw events at the edges) against a naive count over raw events."""
+"""Exact window statistics (rollups for whole days, raw events at the edges) against a naive pass over raw events."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,48 +6,63 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.behaviour import Behaviour, CountFeature, count_constant_window, count_subject_windows
+from engine.behaviour import Behaviour, EventFilter, event_stats, event_stats_per_subject
 from engine.rollups import rollup_events
-from models.rules import Window
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 EVENTS = ("view_item", "purchase")
+STATS = ("count", "sum", "min", "max", "first", "last")  # everything rollups can serve
+Row = tuple[str, str, datetime, float | None]
 
 
-def behaviour(rows: list[tuple[str, str, datetime]], as_of: datetime) -> Behaviour:
+def behaviour(rows: list[Row], as_of: datetime) -> Behaviour:
     events = pl.DataFrame(
-        {
-            "user_id": [r[0] for r in rows],
-            "event": [r[1] for r in rows],
-            "ts": [r[2] for r in rows],
-            "value": [1.0] * len(rows),
-        },
+        rows,
         schema={"user_id": pl.String, "event": pl.String, "ts": pl.Datetime("us", "UTC"), "value": pl.Float64},
-    ).with_columns(pl.col("ts").dt.date().alias("load_date"))
+        orient="row",
+    ).with_columns(pl.col("ts").dt.date().alias("load_date"), pl.lit(None, pl.String).alias("properties"))
     visible = events.lazy().filter(pl.col("ts") < as_of)
     return Behaviour(as_of=as_of, events=visible, rollups=rollup_events(visible).filter(pl.col("day") < as_of.date()))
 
 
+def naive(rows: list[Row], inside) -> dict[str, tuple]:
+    """The same statistics per user, by hand, over the rows whose user and time `inside` accepts."""
+    picked: dict[str, list[tuple[datetime, float | None]]] = {}
+    for user, event, ts, value in rows:
+        if event == "purchase" and inside(user, ts):
+            picked.setdefault(user, []).append((ts, value))
+    result = {}
+    for user, hits in picked.items():
+        values = [v for _, v in hits if v is not None]
+        times = [ts for ts, _ in hits]
+        low, high = (min(values), max(values)) if values else (None, None)
+        result[user] = (len(hits), sum(values), low, high, min(times), max(times))
+    return result
+
+
+def got(frame: pl.LazyFrame) -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in frame.select(pl.first(), *STATS).collect().iter_rows()}
+
+
 offsets = st.integers(min_value=0, max_value=20 * 24 * 60)  # minutes after BASE
-rows_strategy = st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(EVENTS), offsets), max_size=60)
+rows_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2", "u3"]), st.sampled_from(EVENTS), offsets, st.sampled_from([None, 0.5, 2.0, 4.5])
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)
 @given(rows=rows_strategy, as_of_minutes=offsets, window_minutes=st.integers(1, 10 * 24 * 60))
-def test_last_window_counts_equal_naive_counts(rows, as_of_minutes, window_minutes):
-    rows = [(u, e, BASE + timedelta(minutes=m)) for u, e, m in rows]
+def test_constant_window_statistics_equal_naive_ones(rows, as_of_minutes, window_minutes):
+    rows = [(u, e, BASE + timedelta(minutes=m), v) for u, e, m, v in rows]
     as_of = BASE + timedelta(minutes=as_of_minutes)
-    window = Window(last=f"{window_minutes}m")
-    feature = CountFeature("purchase", window)
-
-    got = dict(count_constant_window(behaviour(rows, as_of), feature).collect().iter_rows())
-
     start = as_of - timedelta(minutes=window_minutes)
-    expected: dict[str, int] = {}
-    for user, event, ts in rows:
-        if event == "purchase" and start <= ts < as_of:
-            expected[user] = expected.get(user, 0) + 1
-    assert {u: n for u, n in got.items() if n} == expected
+
+    stats = event_stats(behaviour(rows, as_of), EventFilter("purchase"), STATS, start=start, end=as_of)
+
+    assert got(stats) == naive(rows, lambda user, ts: start <= ts < as_of)
 
 
 @settings(max_examples=150, deadline=None)
@@ -57,40 +72,35 @@ def test_last_window_counts_equal_naive_counts(rows, as_of_minutes, window_minut
     starts=st.lists(offsets, min_size=3, max_size=3),
     length_minutes=st.integers(1, 10 * 24 * 60),
 )
-def test_per_subject_windows_equal_naive_counts(rows, as_of_minutes, starts, length_minutes):
-    rows = [(u, e, BASE + timedelta(minutes=m)) for u, e, m in rows]
+def test_per_subject_window_statistics_equal_naive_ones(rows, as_of_minutes, starts, length_minutes):
+    rows = [(u, e, BASE + timedelta(minutes=m), v) for u, e, m, v in rows]
     as_of = BASE + timedelta(minutes=as_of_minutes)
     users = ["u1", "u2", "u3"]
-    bounds = {u: BASE + timedelta(minutes=m) for u, m in zip(users, starts, strict=True)}
-    subjects = pl.LazyFrame(
+    starts_at = {u: BASE + timedelta(minutes=m) for u, m in zip(users, starts, strict=True)}
+    ends_at = {u: min(starts_at[u] + timedelta(minutes=length_minutes), as_of) for u in users}
+    bounds = pl.LazyFrame(
         {
             "subject_id": users,
             "user_id": users,
-            "_start": [bounds[u] for u in users],
-            "_end": [bounds[u] + timedelta(minutes=length_minutes) for u in users],
+            "_start": [starts_at[u] for u in users],
+            "_end": [ends_at[u] for u in users],
         },
         schema_overrides={"_start": pl.Datetime("us", "UTC"), "_end": pl.Datetime("us", "UTC")},
     )
-    feature = CountFeature("purchase", Window(after="signed_up_at", **{"for": f"{length_minutes}m"}))
 
-    got = dict(count_subject_windows(behaviour(rows, as_of), subjects, feature).collect().iter_rows())
+    stats = event_stats_per_subject(behaviour(rows, as_of), bounds, EventFilter("purchase"), STATS)
 
-    expected: dict[str, int] = {}
-    for user, event, ts in rows:
-        end = min(bounds[user] + timedelta(minutes=length_minutes), as_of)
-        if event == "purchase" and bounds[user] <= ts < end:
-            expected[user] = expected.get(user, 0) + 1
-    assert {u: n for u, n in got.items() if n} == expected
+    assert got(stats) == naive(rows, lambda user, ts: starts_at[user] <= ts < ends_at[user])
 
 
 def test_window_at_a_non_midnight_as_of_is_not_rounded_to_days():
     as_of = datetime(2026, 3, 8, 6, tzinfo=UTC)
     rows = [
-        ("u1", "purchase", datetime(2026, 3, 1, 5, 59, tzinfo=UTC)),  # 7 days and 1 minute before: outside
-        ("u2", "purchase", datetime(2026, 3, 1, 6, 0, tzinfo=UTC)),  # exactly 7 days before: inside
-        ("u3", "purchase", datetime(2026, 3, 8, 6, 0, tzinfo=UTC)),  # at as_of: not yet
+        ("u1", "purchase", datetime(2026, 3, 1, 5, 59, tzinfo=UTC), 1.0),  # 7 days and 1 minute before: outside
+        ("u2", "purchase", datetime(2026, 3, 1, 6, 0, tzinfo=UTC), 1.0),  # exactly 7 days before: inside
+        ("u3", "purchase", datetime(2026, 3, 8, 6, 0, tzinfo=UTC), 1.0),  # at as_of: not yet
     ]
-    got = dict(
-        count_constant_window(behaviour(rows, as_of), CountFeature("purchase", Window(last="7d"))).collect().iter_rows()
+    counts = event_stats(
+        behaviour(rows, as_of), EventFilter("purchase"), ["count"], start=as_of - timedelta(days=7), end=as_of
     )
-    assert got == {"u2": 1}
+    assert dict(counts.collect().iter_rows()) == {"u2": 1}
