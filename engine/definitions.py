@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.contexts import builder_for
+from engine.definition_checks import RuleSite, entry_windows_outside_journeys
 from engine.python_segments import PythonSegment, load_python_segment
 from engine.render import MessageTemplateError, TemplateStore
 from engine.rules import segment_refs
@@ -25,6 +26,7 @@ class Definitions:
     journeys: dict[str, JourneyDefinition]
     versions: dict[str, str]  # "segments/x.yaml" or "templates/email/x" -> sha256
     python_segments: dict[str, PythonSegment] = field(default_factory=dict)
+    rule_sites: list[RuleSite] = field(default_factory=list)  # every rule, with where it is written
 
     def segment_version(self, name: str) -> str:
         kind = "py" if name in self.python_segments else "yaml"
@@ -70,6 +72,10 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
         versions[shown] = segment.version
         if path.stem in segments:
             problems.append(Problem(shown, 1, "", f"segment {path.stem!r} is also defined in YAML"))
+    sites = _rule_sites(segments, journeys, sources)
+    for site in sites:
+        if site.file.startswith("segments/"):
+            problems.extend(entry_windows_outside_journeys(site))
     known = set(segments) | broken
     problems.extend(_check_segments(segments, known, set(python_segments), sources))
     known |= set(python_segments)
@@ -81,7 +87,24 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
         journeys=journeys,
         versions=dict(sorted(versions.items())),
         python_segments=python_segments,
+        rule_sites=sites,
     )
+
+
+def _rule_sites(
+    segments: dict[str, SegmentDefinition], journeys: dict[str, JourneyDefinition], sources: dict[str, YamlDocument]
+) -> list[RuleSite]:
+    sites = [
+        RuleSite(sources[f"segments/{name}"], f"segments/{name}.yaml", ("rule",), segment.rule)
+        for name, segment in sorted(segments.items())
+    ]
+    for name, journey in sorted(journeys.items()):
+        for node_id, node in journey.nodes.items():
+            if isinstance(node, BranchNode):
+                for number, case in enumerate(node.branch):
+                    loc = ("nodes", node_id, "branch", number, "when")
+                    sites.append(RuleSite(sources[f"journeys/{name}"], f"journeys/{name}.yaml", loc, case.when))
+    return sites
 
 
 def _check_segments(

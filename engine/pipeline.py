@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from engine.behaviour import Behaviour
 from engine.db import upsert
+from engine.definition_checks import absent_attribute_columns, check_against_snapshot
 from engine.definitions import Definitions
 from engine.dispatch import DispatchCounts, dispatch_channel
 from engine.feedback.suppressions import suppressed
@@ -77,8 +78,20 @@ def behaviour_at(settings: EngineSettings, as_of: datetime) -> Behaviour:
     )
 
 
-def users_at(settings: EngineSettings, as_of: datetime) -> pl.LazyFrame:
-    return load_users(settings.snapshot, as_of=as_of).users.lazy()
+def users_at(settings: EngineSettings, as_of: datetime, definitions: Definitions) -> pl.LazyFrame:
+    """The users snapshot, plus null columns for attributes the rules read that it lacks (warned about)."""
+    users = load_users(settings.snapshot, as_of=as_of).users.lazy()
+    return users.with_columns(absent_attribute_columns(definitions.rule_sites, users.collect_schema()))
+
+
+def check_definitions(ctx: RunContext, definitions: Definitions) -> list[str]:
+    """Check the definitions against this run's snapshot before anything is computed; returns warnings."""
+    users = users_at(ctx.settings, ctx.as_of, definitions)
+    raw_schema = load_users(ctx.settings.snapshot, as_of=ctx.as_of).users.schema
+    events = set(scan_events(ctx.settings.store_dir, as_of=ctx.as_of).select("event").unique().collect().to_series())
+    warnings, _ = check_against_snapshot(definitions.rule_sites, users_schema=raw_schema, events=events)
+    dry_run(definitions.python_segments, users.collect_schema())
+    return warnings
 
 
 def ingest(ctx: RunContext) -> IngestSummary:
@@ -103,9 +116,8 @@ def recompute_segments(ctx: RunContext, definitions: Definitions, database: Engi
     """Every segment's members at as_of and the change since the previous run; stored unless dry."""
     settings = ctx.settings
     store = MembershipStore(settings.store_dir / "segments")
-    users = users_at(settings, ctx.as_of)
+    users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
-    dry_run(definitions.python_segments, users.collect_schema())
     memberships = compute_python_memberships(definitions.python_segments, users, behaviour)
     memberships |= compute_memberships(definitions.segments, users, behaviour)
     changes = diff_memberships(memberships, store, ctx.as_of)
@@ -129,7 +141,7 @@ def advance_journeys(
 ) -> list[JourneySummary]:
     """Enter, advance and plan sends for every active journey, one database transaction per journey."""
     settings = ctx.settings
-    users = users_at(settings, ctx.as_of)
+    users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
     memberships = {name: change.members for name, change in changes.items()}
     summaries = []
@@ -162,7 +174,7 @@ def dispatch(
 ) -> dict[str, DispatchCounts]:
     """Send what is sendable in the outbox, email then push. Dry runs never get here: they build no senders."""
     settings = ctx.settings
-    users = users_at(settings, ctx.as_of)
+    users = load_users(settings.snapshot, as_of=ctx.as_of).users.lazy()
     behaviour = behaviour_at(settings, ctx.as_of)
     channels = {"email": senders.email, "push": senders.push}
     return {

@@ -17,6 +17,7 @@ class RunSummary:
     journeys: list[JourneySummary]
     delivery: dict[str, DispatchCounts]
     in_doubt: int
+    warnings: list[str]
 
     def messages(self) -> dict[str, int]:
         """Messages by channel and fate across journeys: planned, sent (accepted), skipped, failed."""
@@ -39,6 +40,7 @@ class RunSummary:
             "delivery": {channel: counts.as_dict() for channel, counts in self.delivery.items()},
             "messages": self.messages(),
             "in_doubt": self.in_doubt,
+            "warnings": self.warnings,
         }
 
     def markdown(self) -> str:
@@ -75,6 +77,8 @@ class RunSummary:
         if self.in_doubt:
             lines += ["", f"**{self.in_doubt} message(s) in doubt**: claimed by an earlier run that never recorded"
                       " an outcome; they are not re-sent automatically."]  # fmt: skip
+        if self.warnings:
+            lines += ["", "## Definition warnings", "", *(f"- {warning}" for warning in self.warnings)]
         return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ from engine.run_log import mark_failed
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
 from tasks.run import (
+    check_definitions_task,
     count_in_doubt_task,
     dispatch_task,
     finish_run_task,
@@ -47,6 +48,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
     if not dry_run:
         start_run_task(ctx, definitions, flow_run.id)
     ingest = ingest_task(ctx)
+    warnings = check_definitions_task(ctx, definitions)
     changes = segments_task(ctx, definitions)
     journeys = journeys_task(ctx, definitions, changes)
     delivery = dispatch_task(ctx)
@@ -59,6 +61,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
         journeys=journeys,
         delivery=delivery,
         in_doubt=count_in_doubt_task(ctx),
+        warnings=warnings,
     )
     if not dry_run:
         finish_run_task(ctx, summary)

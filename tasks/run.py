@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -41,6 +41,16 @@ def start_run_task(ctx: pipeline.RunContext, definitions: Definitions, flow_run_
 @task(cache_policy=NO_CACHE)
 def ingest_task(ctx: pipeline.RunContext) -> pipeline.IngestSummary:
     return pipeline.ingest(ctx)
+
+
+@task(cache_policy=NO_CACHE)
+def check_definitions_task(ctx: pipeline.RunContext, definitions: Definitions) -> list[str]:
+    """Refuse definitions whose types cannot match this snapshot; log names that do not occur in it."""
+    warnings = pipeline.check_definitions(ctx, definitions)
+    logger = get_run_logger()
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
 
 
 @task(cache_policy=NO_CACHE)
