@@ -23,20 +23,11 @@ from pathlib import Path
 import polars as pl
 
 from engine.behaviour import Behaviour
+from engine.contract import EVENT_SCHEMA
 from engine.rollups import ROLLUP_SCHEMA
 from engine.yaml_source import DefinitionError, Problem
 
 SegmentFunction = Callable[[pl.LazyFrame, Behaviour], pl.Expr | pl.LazyFrame]
-_EVENTS = pl.Schema(
-    {
-        "user_id": pl.String,
-        "event": pl.String,
-        "ts": pl.Datetime("us", "UTC"),
-        "value": pl.Float64,
-        "properties": pl.String,
-        "load_date": pl.Date,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -110,7 +101,7 @@ def _members(function: SegmentFunction, users: pl.LazyFrame, behaviour: Behaviou
 def _empty_behaviour() -> Behaviour:
     return Behaviour(
         as_of=datetime(2000, 1, 1, tzinfo=UTC),
-        events=pl.LazyFrame(schema=_EVENTS),
+        events=pl.LazyFrame(schema=EVENT_SCHEMA),
         rollups=pl.LazyFrame(schema=ROLLUP_SCHEMA),
     )
 

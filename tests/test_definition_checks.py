@@ -1,6 +1,5 @@
 """Definitions checked against the snapshot: unknown names warn, impossible types fail, before any computation."""
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import polars as pl
 import pytest
 
 from engine.behaviour import Behaviour
+from engine.contract import EVENT_SCHEMA
 from engine.definition_checks import absent_attribute_columns, check_against_snapshot
 from engine.definitions import load_definitions
 from engine.render import TemplateStore
@@ -18,13 +18,6 @@ from engine.yaml_source import DefinitionError
 
 USERS = pl.Schema({"user_id": pl.String, "signed_up_at": pl.Datetime("us", "UTC"), "plan": pl.String, "age": pl.Int64})
 EVENTS = {"app_open", "add_to_cart", "purchase"}
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    shutil.copytree(REPO_ROOT / "definitions", tmp_path / "definitions")
-    shutil.copytree(REPO_ROOT / "templates", tmp_path / "templates")
-    return tmp_path
 
 
 def segment(tree: Path, name: str, rule: str):
@@ -52,7 +45,7 @@ def test_an_absent_attribute_warns_and_reads_as_missing_for_everyone(tree: Path)
     users = pl.LazyFrame({"user_id": ["a", "b"]})
     users = users.with_columns(absent_attribute_columns(definitions.rule_sites, users.collect_schema()))
     empty = Behaviour(
-        datetime(2026, 1, 1, tzinfo=UTC), pl.LazyFrame(schema=_events()), pl.LazyFrame(schema=ROLLUP_SCHEMA)
+        datetime(2026, 1, 1, tzinfo=UTC), pl.LazyFrame(schema=EVENT_SCHEMA), pl.LazyFrame(schema=ROLLUP_SCHEMA)
     )
     members = compute_memberships({"vip": definitions.segments["vip"]}, users, empty)
     assert members["vip"].to_list() == ["a", "b"], "nobody has vip_tier >= 3, so everybody is in 'not'"
@@ -83,16 +76,3 @@ def test_a_type_that_cannot_match_fails_naming_file_line_and_field(tree: Path, r
 def test_since_entry_in_a_segment_is_refused_at_load(tree: Path):
     with pytest.raises(DefinitionError, match=r"segments/bad.yaml:3: rule.performed.within.since: 'since: entry'"):
         segment(tree, "bad", "  performed: {event: purchase, within: {since: entry}}\n")
-
-
-def _events() -> pl.Schema:
-    return pl.Schema(
-        {
-            "user_id": pl.String,
-            "event": pl.String,
-            "ts": pl.Datetime("us", "UTC"),
-            "value": pl.Float64,
-            "properties": pl.String,
-            "load_date": pl.Date,
-        }
-    )

@@ -1,6 +1,5 @@
 """Definitions are refused before any run uses them, with errors that name file, line and field."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,13 +8,6 @@ from engine.definitions import load_definitions
 from engine.render import TemplateStore
 from engine.settings import REPO_ROOT
 from engine.yaml_source import DefinitionError
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    shutil.copytree(REPO_ROOT / "definitions", tmp_path / "definitions")
-    shutil.copytree(REPO_ROOT / "templates", tmp_path / "templates")
-    return tmp_path
 
 
 def load(tree: Path):

@@ -1,6 +1,5 @@
 """Python segments: loaded, versioned, dry-run and refused like YAML ones, computed like them."""
 
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,13 +16,6 @@ from engine.yaml_source import DefinitionError
 
 AS_OF = datetime(2026, 10, 1, 6, tzinfo=UTC)
 USERS_SCHEMA = pl.Schema({"user_id": pl.String, "plan": pl.String})
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    shutil.copytree(REPO_ROOT / "definitions", tmp_path / "definitions")
-    shutil.copytree(REPO_ROOT / "templates", tmp_path / "templates")
-    return tmp_path
 
 
 def load(tree: Path):
