@@ -16,6 +16,7 @@ from engine.render import MessageTemplateError, TemplateStore
 from engine.rules import segment_refs
 from engine.segments import SegmentCycleError, evaluation_order
 from engine.yaml_source import DefinitionError, Problem, YamlDocument, load_yaml, validate_document
+from models.delivery import DeliveryPolicy
 from models.journeys import BranchNode, JourneyDefinition, SendNode
 from models.segments import SegmentDefinition
 
@@ -27,6 +28,7 @@ class Definitions:
     versions: dict[str, str]  # "segments/x.yaml" or "templates/email/x" -> sha256
     python_segments: dict[str, PythonSegment] = field(default_factory=dict)
     rule_sites: list[RuleSite] = field(default_factory=list)  # every rule, with where it is written
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
 
     def segment_version(self, name: str) -> str:
         kind = "py" if name in self.python_segments else "yaml"
@@ -60,6 +62,14 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
                 )
             target[definition.name] = definition  # type: ignore[assignment]
             sources[f"{kind}/{definition.name}"] = doc
+    delivery = DeliveryPolicy()
+    if (policy := root / "delivery.yaml").exists():
+        try:
+            doc = load_yaml(policy, root=root)
+            delivery = validate_document(doc, DeliveryPolicy, root=root)
+            versions["delivery.yaml"] = doc.sha256
+        except DefinitionError as error:
+            problems.extend(error.problems)
     python_segments: dict[str, PythonSegment] = {}
     for path in sorted((root / "segments").glob("*.py")):
         shown = path.relative_to(root).as_posix()
@@ -88,6 +98,7 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
         versions=dict(sorted(versions.items())),
         python_segments=python_segments,
         rule_sites=sites,
+        delivery=delivery,
     )
 
 

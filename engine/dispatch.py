@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Engine, and_, bindparam, func, select, update
+from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 
 from engine.behaviour import Behaviour
 from engine.contexts import builder_for
@@ -84,7 +84,12 @@ def _claim(engine: Engine, *, channel: str, run_id: str, as_of: datetime, limit:
         keys = (
             conn.execute(
                 select(_OUTBOX.c.send_key)
-                .where(_OUTBOX.c.status.in_(SENDABLE), _OUTBOX.c.channel == channel, _OUTBOX.c.as_of <= as_of)
+                .where(
+                    _OUTBOX.c.status.in_(SENDABLE),
+                    _OUTBOX.c.channel == channel,
+                    _OUTBOX.c.as_of <= as_of,
+                    or_(_OUTBOX.c.not_before.is_(None), _OUTBOX.c.not_before <= as_of),
+                )
                 .order_by(_OUTBOX.c.send_key)
                 .limit(limit)
             )

@@ -5,6 +5,7 @@ The instances a run moved, their transitions and the outbox rows their sends pla
 and the rerun that follows redoes exactly the missing part.
 """
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -40,6 +41,27 @@ def load_known(conn: Connection, journey: str) -> pl.DataFrame:
     return pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
 
 
+def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl.DataFrame:
+    """Marketing messages of earlier runs that count against frequency caps: sent, on their way, or held.
+
+    Eight days cover any local calendar week around as_of; rows of this very as_of are left out, so a rerun
+    plans against the same history as the run it repeats.
+    """
+    columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "not_before")
+    rows = conn.execute(
+        select(*(_OUTBOX.c[name] for name in columns)).where(
+            _OUTBOX.c.status.in_(("planned", "claimed", "accepted", "retryable")),
+            _OUTBOX.c.transactional.is_(False),
+            _OUTBOX.c.as_of < as_of,
+            _OUTBOX.c.as_of >= as_of - timedelta(days=days),
+        )
+    ).all()
+    moment = pl.Datetime("us", "UTC")
+    schema = {name: moment if name in ("as_of", "not_before") else pl.String for name in columns}
+    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    return frame.with_columns(pl.coalesce("not_before", "as_of").alias("sent_at")).drop("not_before")
+
+
 def save_step(conn: Connection, *, result: Advance, outbox: pl.DataFrame, run_id: str) -> int:
     """Write a journey's moved instances, transitions and outbox rows; returns outbox rows newly added."""
     instances = result.instances.with_columns(pl.lit(run_id).alias("run_id"))
@@ -50,7 +72,7 @@ def save_step(conn: Connection, *, result: Advance, outbox: pl.DataFrame, run_id
         insert_new(conn, _TRANSITIONS, _records(transitions))
     if outbox.is_empty():
         return 0
-    return insert_new(conn, _OUTBOX, _records(outbox))
+    return insert_new(conn, _OUTBOX, _records(outbox.select(c for c in outbox.columns if c in _OUTBOX.c)))
 
 
 def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:

@@ -62,6 +62,8 @@ SEND_SCHEMA = pl.Schema(
         "node": pl.String,
         "channel": pl.String,
         "template": pl.String,
+        "transactional": pl.Boolean,
+        "priority": pl.Int64,
     }
 )
 
@@ -279,9 +281,12 @@ def _sends(journey: JourneyDefinition, step: pl.DataFrame) -> pl.DataFrame:
     at_send = step.filter(pl.col("node").is_in(list(send_nodes)))
     channel = pl.lit(None, pl.String)
     template = pl.lit(None, pl.String)
+    transactional = pl.lit(None, pl.Boolean)
     for node_id, node in send_nodes.items():
-        channel = pl.when(pl.col("node") == node_id).then(pl.lit(node.send.channel)).otherwise(channel)
-        template = pl.when(pl.col("node") == node_id).then(pl.lit(node.send.template)).otherwise(template)
+        at = pl.col("node") == node_id
+        channel = pl.when(at).then(pl.lit(node.send.channel)).otherwise(channel)
+        template = pl.when(at).then(pl.lit(node.send.template)).otherwise(template)
+        transactional = pl.when(at).then(pl.lit(node.send.transactional)).otherwise(transactional)
     return at_send.select(
         key_expr(pl.col("instance_id"), pl.col("steps") + 1, pl.col("node")).alias("send_key"),
         "instance_id",
@@ -291,6 +296,8 @@ def _sends(journey: JourneyDefinition, step: pl.DataFrame) -> pl.DataFrame:
         "node",
         channel.alias("channel"),
         template.alias("template"),
+        transactional.alias("transactional"),
+        pl.lit(journey.priority, pl.Int64).alias("priority"),
     )
 
 

@@ -14,8 +14,9 @@ from engine.keys import key_expr
 
 OUTBOX_COLUMNS = (
     "send_key", "run_id", "as_of", "journey", "journey_version", "node", "instance_id", "user_id",
-    "channel", "template", "recipient", "status", "reason",
+    "channel", "template", "transactional", "recipient", "status", "reason",
 )  # fmt: skip
+PLANNING_COLUMNS = ("priority",)  # what delivery controls read besides the stored columns
 
 
 def plan_outbox(sends: pl.DataFrame, users: pl.LazyFrame, *, run_id: str, as_of: datetime) -> pl.DataFrame:
@@ -52,13 +53,13 @@ def plan_outbox(sends: pl.DataFrame, users: pl.LazyFrame, *, run_id: str, as_of:
             _skip_reason(has_address=pl.col("_tokens") > 0, consent=pl.col("push_consent"), missing="no_push_token"),
         )
     )
-    columns = [name for name in OUTBOX_COLUMNS if name != "status"]
+    columns = [name for name in (*OUTBOX_COLUMNS, *PLANNING_COLUMNS) if name != "status"]
     rows = pl.concat([emails.select(columns), pushes.select(columns)])
     return (
         rows.with_columns(
             pl.when(pl.col("reason").is_null()).then(pl.lit("planned")).otherwise(pl.lit("skipped")).alias("status")
         )
-        .select(list(OUTBOX_COLUMNS))
+        .select(*OUTBOX_COLUMNS, *PLANNING_COLUMNS)
         .sort("send_key")
         .collect()
     )

@@ -15,11 +15,12 @@ from engine.behaviour import Behaviour
 from engine.db import upsert
 from engine.definition_checks import absent_attribute_columns, check_against_snapshot
 from engine.definitions import Definitions
+from engine.delivery_controls import apply_controls
 from engine.dispatch import DispatchCounts, dispatch_channel
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
-from engine.journey_store import load_active, load_known, save_step
-from engine.journeys import run_journey
+from engine.journey_store import load_active, load_known, load_send_history, save_step
+from engine.journeys import SEND_SCHEMA, run_journey
 from engine.outbox import plan_outbox, skip_suppressed
 from engine.providers.factory import Senders
 from engine.python_segments import compute_python_memberships, dry_run
@@ -139,33 +140,42 @@ def summarize_segments(changes: dict[str, SegmentChange]) -> list[SegmentSummary
 def advance_journeys(
     ctx: RunContext, definitions: Definitions, database: Engine, changes: dict[str, SegmentChange]
 ) -> list[JourneySummary]:
-    """Enter, advance and plan sends for every active journey, one database transaction per journey."""
+    """Enter and advance every active journey, then plan all their messages under the delivery controls.
+
+    Messages are planned together because the controls look across journeys (priority, caps); each journey's
+    step is then written in its own transaction, with its outbox rows.
+    """
     settings = ctx.settings
     users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
     memberships = {name: change.members for name, change in changes.items()}
+    steps = {}
+    with database.connect() as conn:
+        for name, journey in sorted(definitions.journeys.items()):
+            if journey.status == "active":
+                steps[name] = run_journey(
+                    journey,
+                    definitions.journey_version(name),
+                    entered=changes[journey.entry.segment].entered,
+                    known=load_known(conn, name),
+                    active=load_active(conn, name),
+                    users=users,
+                    behaviour=behaviour,
+                    memberships=memberships,
+                )
+        sends = pl.concat([result.sends for _, result in steps.values()]) if steps else pl.DataFrame(schema=SEND_SCHEMA)
+        outbox = plan_outbox(sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
+        emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
+        outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
+        history = load_send_history(conn, as_of=ctx.as_of)
+    outbox = apply_controls(outbox, users=users, history=history, policy=definitions.delivery, as_of=ctx.as_of)
     summaries = []
-    for name, journey in sorted(definitions.journeys.items()):
-        if journey.status != "active":
-            continue
-        version = definitions.journey_version(name)
-        with database.begin() as conn:
-            new, result = run_journey(
-                journey,
-                version,
-                entered=changes[journey.entry.segment].entered,
-                known=load_known(conn, name),
-                active=load_active(conn, name),
-                users=users,
-                behaviour=behaviour,
-                memberships=memberships,
-            )
-            outbox = plan_outbox(result.sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
-            emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
-            outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
-            if not ctx.dry_run:
-                save_step(conn, result=result, outbox=outbox, run_id=ctx.run_id)
-        summaries.append(_journey_summary(name, new, result.instances, result.transitions, outbox))
+    for name, (new, result) in steps.items():
+        rows = outbox.filter(pl.col("journey") == name)
+        if not ctx.dry_run:
+            with database.begin() as conn:
+                save_step(conn, result=result, outbox=rows, run_id=ctx.run_id)
+        summaries.append(_journey_summary(name, new, result.instances, result.transitions, rows))
     return summaries
 
 

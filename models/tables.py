@@ -106,6 +106,8 @@ class OutboxMessage(SQLModel, table=True):
     recipient: str | None = None
     status: str
     reason: str | None = None
+    transactional: bool = False  # outside frequency caps and quiet hours
+    not_before: datetime | None = Field(default=None, sa_column=_utc(nullable=True))  # held by quiet hours
     attempts: int = 0
     provider_message_id: str | None = None
     error_code: str | None = None

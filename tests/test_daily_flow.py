@@ -37,6 +37,7 @@ class World:
     snapshot: Path
     fakes: FakeProviders
     summaries: list
+    env: dict[str, str]
 
     def emails(self) -> list[dict]:
         return [r.body for r in self.fakes.sendgrid.received("/v3/mail/send") if r.status == 202]
@@ -57,11 +58,22 @@ def world(prefect_harness, tmp_path_factory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("daily")
     snapshot = home / "snapshot"
     generate(snapshot, users=600, days=HISTORY_DAYS, start=START, seed=11)
-    with FakeProviders(home / "fakes") as fakes, pytest.MonkeyPatch.context() as env:
-        for name, value in {**fakes.env(), "NUDGE_HOME": str(home), "NUDGE_SNAPSHOT_DIR": str(snapshot)}.items():
-            env.setenv(name, value)
+    # The reference reads the journey, not the delivery policy (tested on its own against its own reference):
+    # these runs use the shipped definitions without it.
+    definitions = home / "definitions"
+    shutil.copytree(REPO_ROOT / "definitions", definitions)
+    (definitions / "delivery.yaml").unlink()
+    with FakeProviders(home / "fakes") as fakes, pytest.MonkeyPatch.context() as patch:
+        env = {
+            **fakes.env(),
+            "NUDGE_HOME": str(home),
+            "NUDGE_SNAPSHOT_DIR": str(snapshot),
+            "NUDGE_DEFINITIONS_DIR": str(definitions),
+        }
+        for name, value in env.items():
+            patch.setenv(name, value)
         summaries = [daily_campaign(as_of=as_of) for as_of in RUN_TIMES]
-        yield World(home, snapshot, fakes, summaries)
+        yield World(home, snapshot, fakes, summaries, env)
 
 
 def reference_deliveries(snapshot: Path, run_times: list[datetime]) -> tuple[Counter, Counter]:
@@ -146,13 +158,9 @@ def test_rerunning_a_day_sends_nothing_and_leaves_the_outbox_as_it_was(world: Wo
     from flows.daily import daily_campaign
 
     before = (len(world.fakes.sendgrid.received()), len(world.fakes.fcm.received("/v1/")), world.outbox())
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            **world.fakes.env(),
-            "NUDGE_HOME": str(world.home),
-            "NUDGE_SNAPSHOT_DIR": str(world.snapshot),
-        }.items():
-            env.setenv(name, value)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in world.env.items():
+            patch.setenv(name, value)
         summary = daily_campaign(as_of=RUN_TIMES[-1])
     after = (len(world.fakes.sendgrid.received()), len(world.fakes.fcm.received("/v1/")), world.outbox())
     assert after == before
@@ -191,14 +199,9 @@ def test_a_template_error_stops_the_run_before_anything_is_sent(world: World, tm
     body = templates / "push" / "cart_push" / "body.txt.j2"
     body.write_text(body.read_text() + " {{ discount_code }}")
     before = (len(world.fakes.sendgrid.received()), len(world.fakes.fcm.received("/v1/")), world.outbox())
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            **world.fakes.env(),
-            "NUDGE_HOME": str(world.home),
-            "NUDGE_SNAPSHOT_DIR": str(world.snapshot),
-            "NUDGE_TEMPLATES_DIR": str(templates),
-        }.items():
-            env.setenv(name, value)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**world.env, "NUDGE_TEMPLATES_DIR": str(templates)}.items():
+            patch.setenv(name, value)
         with pytest.raises(Exception, match="discount_code"):
             daily_campaign(as_of=RUN_TIMES[-1] + DAY)
     assert (len(world.fakes.sendgrid.received()), len(world.fakes.fcm.received("/v1/")), world.outbox()) == before

@@ -31,6 +31,8 @@ def sends(channel: str) -> pl.DataFrame:
             "node": "n",
             "channel": channel,
             "template": "t",
+            "transactional": False,
+            "priority": 0,
         },
         schema=SEND_SCHEMA,
     )

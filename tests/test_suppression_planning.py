@@ -43,6 +43,8 @@ def test_a_bounced_address_is_skipped_as_suppressed_at_the_next_plan(database, s
             "node": "email_reminder",
             "channel": "email",
             "template": "cart_reminder",
+            "transactional": False,
+            "priority": 0,
         },
         schema=SEND_SCHEMA,
     )
