@@ -1,0 +1,36 @@
+"""Wall and CPU time of a call, and the best of several calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds, and CPU seconds of the whole process (every thread, DuckDB's included).
+
+    CPU time is the steadier figure on a shared machine: another process competing for the 2 cores stretches
+    wall time but hardly the work done.
+    """
+
+    wall: float
+    cpu: float
+
+    def fields(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}seconds": self.wall, f"{prefix}cpu_seconds": self.cpu}
+
+
+def timed(work: Callable[[], Any]) -> tuple[Timing, Any]:
+    """One call's timing and result."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = work()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu), result
+
+
+def best_of(repeat: int, work: Callable[[], Any]) -> tuple[Timing, Any]:
+    """The fastest (by wall time) of `repeat` calls and its result: the least disturbed measurement."""
+    runs = [timed(work) for _ in range(repeat)]
+    return min(runs, key=lambda run: run[0].wall)
