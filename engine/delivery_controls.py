@@ -36,6 +36,7 @@ Everything is a frame operation except two steps: the control-group hash (hashli
 planned message) and the local clock, computed once per distinct time zone.
 """
 
+import functools
 import hashlib
 from datetime import datetime, timedelta
 from typing import get_args
@@ -179,12 +180,14 @@ def _quiet_end(now: datetime, window: QuietWindow) -> datetime | None:
     return datetime.combine(now.date() + timedelta(days=int(clock >= window.end)), window.end)
 
 
+@functools.lru_cache(maxsize=4096)
 def _first_instant_at(wall: datetime, zone: str, *, after: datetime) -> datetime:
     """The first instant after `after` at which the clock in `zone` shows `wall` or later.
 
     Usually `wall` itself. When the clock skips it (spring forward) the answer is the first minute after the
     gap; when the clock shows it twice (fall back) it is the first showing after `after`. The candidates are
-    every whole minute of the day from `wall`, read both ways: tz database offsets are whole minutes.
+    every whole minute of the day from `wall`, read both ways: tz database offsets are whole minutes. About
+    3 ms a zone, cached, as channels usually share a window.
     """
     walls = pl.datetime_range(wall, wall + timedelta(days=1), "1m", eager=True)
     instants = pl.concat(

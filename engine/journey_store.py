@@ -44,15 +44,16 @@ def load_known(conn: Connection, journey: str) -> pl.DataFrame:
 def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl.DataFrame:
     """Marketing messages of earlier runs that count against frequency caps: sent, on their way, or held.
 
-    Eight days cover any local calendar week around as_of; rows of this very as_of are left out, so a rerun
-    plans against the same history as the run it repeats.
+    Eight days cover any local calendar week around as_of. Rows of this very as_of are included: after a rerun of
+    a run that failed part-way, the journeys it did write count against the caps of those it did not, and the
+    controls themselves ignore the rows of the very messages being planned.
     """
     columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "not_before")
     rows = conn.execute(
         select(*(_OUTBOX.c[name] for name in columns)).where(
             _OUTBOX.c.status.in_(("planned", "claimed", "accepted", "retryable")),
             _OUTBOX.c.transactional.is_(False),
-            _OUTBOX.c.as_of < as_of,
+            _OUTBOX.c.as_of <= as_of,
             _OUTBOX.c.as_of >= as_of - timedelta(days=days),
         )
     ).all()

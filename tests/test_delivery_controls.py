@@ -759,13 +759,22 @@ def test_apply_controls_agrees_with_the_reference(
 
 
 @settings(max_examples=100, deadline=None)
-@given(as_of=moments, quiet=quiet_hours)
-def test_quiet_hours_agree_with_the_reference_in_every_zone(as_of: datetime, quiet: dict):
-    """Every zone at once, both channels, no other control: many holds and drops per example."""
+@given(
+    as_of=moments,
+    quiet=quiet_hours,
+    earlier=st.lists(st.integers(-1440, 1440), min_size=len(ZONES), max_size=len(ZONES)),
+)
+def test_quiet_hours_agree_with_the_reference_in_every_zone(as_of: datetime, quiet: dict, earlier: list[int]):
+    """Every zone at once, both channels: many holds and drops per example, and a mail a day held to a new one."""
     users = {f"u{index}": zone for index, zone in enumerate(ZONES)}
     messages = [message(user, channel=channel, as_of=as_of) for user in users for channel in CHANNELS]
-    policy = {"quiet_hours": quiet}
+    history = [sent(user, as_of + timedelta(minutes=minutes)) for user, minutes in zip(users, earlier, strict=True)]
+    policy = {"quiet_hours": quiet, "caps": {"email": {"per_day": 1}}}
     expected = reference(
-        [row for rows in messages for row in rows], users, [], DeliveryPolicy.model_validate(policy), as_of
+        [row for rows in messages for row in rows],
+        users,
+        [row for rows in history for row in rows],
+        DeliveryPolicy.model_validate(policy),
+        as_of,
     )
-    assert decide(*messages, zones=users, as_of=as_of, **policy) == expected
+    assert decide(*messages, zones=users, history=history, as_of=as_of, **policy) == expected
