@@ -218,7 +218,8 @@ def _day_line(summary: object) -> str:
     )
     messages = summary.messages()
     channels = "  ".join(
-        f"{channel}: planned {messages.get(f'{channel}_planned', 0):,}, sent {messages.get(f'{channel}_sent', 0):,},"
+        f"{channel}: planned {messages.get(f'{channel}_planned', 0):,} (held {messages.get(f'{channel}_held', 0):,}),"
+        f" sent {messages.get(f'{channel}_sent', 0):,},"
         f" skipped {messages.get(f'{channel}_skipped', 0):,}, failed {messages.get(f'{channel}_failed', 0):,}"
         for channel in ("email", "push")
     )

@@ -222,6 +222,8 @@ def _journey_summary(
         f"{channel}:{status}" + (f":{reason}" if reason else "")
         for channel, status, reason in outbox.select("channel", "status", "reason").iter_rows()
     )
+    held = outbox.filter(pl.col("not_before").is_not_null()).get_column("channel").to_list()
+    messages.update(f"{channel}:held" for channel in held)  # planned, and waiting for the user's morning
     return JourneySummary(
         name=name,
         entered=new.height,

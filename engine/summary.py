@@ -67,12 +67,16 @@ class RunSummary:
             "",
             "## Messages",
             "",
-            "| channel | planned | sent | skipped | failed | retryable |",
-            "|---|---:|---:|---:|---:|---:|",
+            "Held messages wait for the end of the user's quiet hours; sent counts what went out in this run.",
+            "",
+            "| channel | planned | held | sent | skipped | failed | retryable |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         messages = self.messages()
         for channel in ("email", "push"):
-            cells = [messages.get(f"{channel}_{k}", 0) for k in ("planned", "sent", "skipped", "failed", "retryable")]
+            cells = [
+                messages.get(f"{channel}_{k}", 0) for k in ("planned", "held", "sent", "skipped", "failed", "retryable")
+            ]
             lines.append(f"| {channel} | " + " | ".join(f"{c:,}" for c in cells) + " |")
         if self.in_doubt:
             lines += ["", f"**{self.in_doubt} message(s) in doubt**: claimed by an earlier run that never recorded"
