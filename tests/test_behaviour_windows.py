@@ -6,23 +6,12 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.behaviour import Behaviour, EventFilter, event_stats, event_stats_per_subject
-from engine.rollups import rollup_events
+from engine.behaviour import EventFilter, event_stats, event_stats_per_subject
+from tests.behaviours import Row, behaviour_from_rows
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 EVENTS = ("view_item", "purchase")
 STATS = ("count", "sum", "min", "max", "first", "last")  # everything rollups can serve
-Row = tuple[str, str, datetime, float | None]
-
-
-def behaviour(rows: list[Row], as_of: datetime) -> Behaviour:
-    events = pl.DataFrame(
-        rows,
-        schema={"user_id": pl.String, "event": pl.String, "ts": pl.Datetime("us", "UTC"), "value": pl.Float64},
-        orient="row",
-    ).with_columns(pl.col("ts").dt.date().alias("load_date"), pl.lit(None, pl.String).alias("properties"))
-    visible = events.lazy().filter(pl.col("ts") < as_of)
-    return Behaviour(as_of=as_of, events=visible, rollups=rollup_events(visible).filter(pl.col("day") < as_of.date()))
 
 
 def naive(rows: list[Row], inside) -> dict[str, tuple]:
@@ -60,7 +49,7 @@ def test_constant_window_statistics_equal_naive_ones(rows, as_of_minutes, window
     as_of = BASE + timedelta(minutes=as_of_minutes)
     start = as_of - timedelta(minutes=window_minutes)
 
-    stats = event_stats(behaviour(rows, as_of), EventFilter("purchase"), STATS, start=start, end=as_of)
+    stats = event_stats(behaviour_from_rows(rows, as_of), EventFilter("purchase"), STATS, start=start, end=as_of)
 
     assert got(stats) == naive(rows, lambda user, ts: start <= ts < as_of)
 
@@ -88,7 +77,7 @@ def test_per_subject_window_statistics_equal_naive_ones(rows, as_of_minutes, sta
         schema_overrides={"_start": pl.Datetime("us", "UTC"), "_end": pl.Datetime("us", "UTC")},
     )
 
-    stats = event_stats_per_subject(behaviour(rows, as_of), bounds, EventFilter("purchase"), STATS)
+    stats = event_stats_per_subject(behaviour_from_rows(rows, as_of), bounds, EventFilter("purchase"), STATS)
 
     assert got(stats) == naive(rows, lambda user, ts: starts_at[user] <= ts < ends_at[user])
 
@@ -101,6 +90,6 @@ def test_window_at_a_non_midnight_as_of_is_not_rounded_to_days():
         ("u3", "purchase", datetime(2026, 3, 8, 6, 0, tzinfo=UTC), 1.0),  # at as_of: not yet
     ]
     counts = event_stats(
-        behaviour(rows, as_of), EventFilter("purchase"), ["count"], start=as_of - timedelta(days=7), end=as_of
+        behaviour_from_rows(rows, as_of), EventFilter("purchase"), ["count"], start=as_of - timedelta(days=7), end=as_of
     )
     assert dict(counts.collect().iter_rows()) == {"u2": 1}

@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 
 from engine.contract import EVENT_SCHEMA, QUARANTINE_SCHEMA, SnapshotError
 from engine.ingest import ingest_events, scan_events
+from tests.snapshot_files import write
 
 DAY = date(2026, 9, 1)
 PARTITION = "events/date=2026-09-01"
@@ -61,16 +62,6 @@ def parquet_rows(properties: pl.Series) -> pl.DataFrame:
             "properties": properties,
         },
     ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
-
-
-def write(root: Path, rel: str, content: str | pl.DataFrame) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, pl.DataFrame):
-        content.write_parquet(path)
-    else:
-        path.write_text(content, encoding="utf-8")
-    return path
 
 
 def ingest_all(snapshot: Path, store: Path) -> pl.DataFrame:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.contract import USER_SCHEMA, SnapshotError
 from engine.ingest import load_users
+from tests.snapshot_files import write
 
 CSV = """user_id,email,push_tokens,timezone,locale,country,email_consent,push_consent,signed_up_at,plan
 u1,a@example.com,"[""tok-1"",""tok-2""]",Europe/Berlin,de-DE,DE,true,YES,2026-08-01T10:00:00Z,pro
@@ -18,15 +19,6 @@ u3,,[bad,,,,maybe,false,last tuesday,
  ,x@example.com,,,,,,,,
 u1,a2@example.com,[],UTC,de-DE,DE,false,false,2026-08-01T10:00:00Z,plus
 """
-
-
-def write(root: Path, rel: str, content: str | pl.DataFrame) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, pl.DataFrame):
-        content.write_parquet(path)
-    else:
-        path.write_text(content, encoding="utf-8")
 
 
 def at(day: int, hour: int = 0) -> datetime:

@@ -7,8 +7,8 @@ import yaml
 
 from engine.behaviour import Behaviour
 from engine.journeys import INSTANCE_SCHEMA, run_journey
-from engine.rollups import rollup_events
 from models.journeys import JourneyDefinition
+from tests.behaviours import behaviour_from_rows
 
 T0 = datetime(2026, 9, 10, 6, tzinfo=UTC)
 JOURNEY = JourneyDefinition.model_validate(
@@ -42,12 +42,7 @@ USERS = pl.LazyFrame({"user_id": ["a", "b", "c"]})
 
 
 def behaviour_at(as_of: datetime, purchases: dict[str, datetime]) -> Behaviour:
-    events = pl.DataFrame(
-        {"user_id": list(purchases), "event": ["purchase"] * len(purchases), "ts": list(purchases.values())},
-        schema={"user_id": pl.String, "event": pl.String, "ts": pl.Datetime("us", "UTC")},
-    ).with_columns(pl.lit(1.0).alias("value"), pl.col("ts").dt.date().alias("load_date"))
-    visible = events.lazy().filter(pl.col("ts") < as_of)
-    return Behaviour(as_of=as_of, events=visible, rollups=rollup_events(visible).filter(pl.col("day") < as_of.date()))
+    return behaviour_from_rows([(user, "purchase", ts, 1.0) for user, ts in purchases.items()], as_of)
 
 
 class Simulation:

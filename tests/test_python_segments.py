@@ -10,9 +10,9 @@ from engine.behaviour import Behaviour
 from engine.definitions import load_definitions
 from engine.python_segments import compute_python_memberships, dry_run
 from engine.render import TemplateStore
-from engine.rollups import rollup_events
 from engine.settings import REPO_ROOT
 from engine.yaml_source import DefinitionError
+from tests.behaviours import behaviour_from_rows
 
 AS_OF = datetime(2026, 10, 1, 6, tzinfo=UTC)
 USERS_SCHEMA = pl.Schema({"user_id": pl.String, "plan": pl.String})
@@ -23,13 +23,7 @@ def load(tree: Path):
 
 
 def behaviour(rows: list[tuple[str, str, datetime, float]]) -> Behaviour:
-    events = pl.DataFrame(
-        rows,
-        schema={"user_id": pl.String, "event": pl.String, "ts": pl.Datetime("us", "UTC"), "value": pl.Float64},
-        orient="row",
-    ).with_columns(pl.col("ts").dt.date().alias("load_date"), pl.lit(None, pl.String).alias("properties"))
-    visible = events.lazy().filter(pl.col("ts") < AS_OF)
-    return Behaviour(AS_OF, visible, rollup_events(visible).filter(pl.col("day") < AS_OF.date()))
+    return behaviour_from_rows(rows, AS_OF)
 
 
 def test_the_shipped_python_segment_matches_a_plain_computation():
