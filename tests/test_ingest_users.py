@@ -106,3 +106,13 @@ def test_missing_user_id_column_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "users/u.ndjson", '{"id":"u1"}\n')
     with pytest.raises(SnapshotError, match=r"users/u\.ndjson: missing required column user_id"):
         load_users(tmp_path, as_of=at(1))
+
+
+@pytest.mark.parametrize("zone", ["Factory", "localtime"])
+def test_a_zone_only_zoneinfo_knows_is_dropped_with_a_warning(tmp_path: Path, zone: str) -> None:
+    """Polars cannot convert to these zoneinfo names, so a user carrying one would break delivery controls."""
+    write(tmp_path, "users/users.csv", f"user_id,timezone\nu1,{zone}\nu2,Asia/Tokyo\n")
+    load = load_users(tmp_path, as_of=at(1))
+
+    assert load.users["timezone"].to_list() == [None, "Asia/Tokyo"]
+    assert load.warnings == {"invalid_timezone": 1}

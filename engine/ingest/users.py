@@ -17,7 +17,23 @@ from engine.ingest.typecheck import BOOLEAN, ID, TEXT, TEXT_LIST, TIMESTAMP, Acc
 
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 _TOKENS = pl.List(pl.String())
-_ZONES = sorted(zoneinfo.available_timezones())
+
+
+def _usable_zones() -> list[str]:
+    """IANA names both zoneinfo and Polars accept: a few ("Factory", "localtime") exist only for zoneinfo,
+    and a user carrying one would make every later time-zone conversion of the population fail."""
+    probe = pl.Series([None], dtype=pl.Datetime("us", "UTC"))
+    usable = []
+    for zone in sorted(zoneinfo.available_timezones()):
+        try:
+            probe.dt.convert_time_zone(zone)
+        except pl.exceptions.ComputeError:
+            continue
+        usable.append(zone)
+    return usable
+
+
+_ZONES = _usable_zones()
 
 
 @dataclass(frozen=True)
