@@ -68,6 +68,7 @@ def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
             doc = load_yaml(policy, root=root)
             delivery = validate_document(doc, DeliveryPolicy, root=root)
             versions["delivery.yaml"] = doc.sha256
+            problems.extend(_unknown_capped_journeys(delivery, doc, set(journeys) | broken))
         except DefinitionError as error:
             problems.extend(error.problems)
     python_segments: dict[str, PythonSegment] = {}
@@ -169,6 +170,15 @@ def _check_journeys(
                     continue
                 versions[f"templates/{node.send.channel}/{node.send.template}"] = version
     return problems
+
+
+def _unknown_capped_journeys(delivery: DeliveryPolicy, doc: YamlDocument, known: set[str]) -> list[Problem]:
+    """A cap on a journey that does not exist would silently cap nothing: most likely a typo."""
+    return [
+        _problem(doc, ("journey_caps", name), f"unknown journey {name!r}")
+        for name in delivery.journey_caps
+        if name not in known
+    ]
 
 
 def _problem(doc: YamlDocument, loc: tuple[str | int, ...], message: str) -> Problem:

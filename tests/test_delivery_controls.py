@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from engine.definitions import load_definitions
 from engine.delivery_controls import apply_controls, in_control_group
 from engine.outbox import OUTBOX_COLUMNS
-from engine.yaml_source import load_yaml, validate_document
+from engine.render import TemplateStore
+from engine.yaml_source import DefinitionError, load_yaml, validate_document
 from models.delivery import ControlGroup, DeliveryPolicy
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "definitions"
@@ -778,3 +780,14 @@ def test_quiet_hours_agree_with_the_reference_in_every_zone(as_of: datetime, qui
         as_of,
     )
     assert decide(*messages, zones=users, history=history, as_of=as_of, **policy) == expected
+
+
+def test_a_cap_on_a_journey_that_does_not_exist_is_refused(tree: Path):
+    """A misspelt journey name would otherwise cap nothing, silently."""
+    policy = tree / "definitions/delivery.yaml"
+    policy.write_text(policy.read_text().replace("  abandoned_cart:\n", "  abandonned_cart:\n"))
+    with pytest.raises(DefinitionError) as caught:
+        load_definitions(tree / "definitions", TemplateStore(tree / "templates"))
+    [problem] = [str(p) for p in caught.value.problems]
+    assert "delivery.yaml:13" in problem and "journey_caps.abandonned_cart" in problem
+    assert "unknown journey 'abandonned_cart'" in problem
