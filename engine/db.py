@@ -33,11 +33,16 @@ def connect(url: str) -> Engine:
 
 
 def insert_new(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert rows whose primary key is not there yet; returns how many were new."""
+    """Insert rows whose primary key is not there yet; returns how many were new.
+
+    New rows are counted from RETURNING: psycopg reports no row count (-1) for a multi-row INSERT that
+    SQLAlchemy builds, so a count from `rowcount` would be wrong on PostgreSQL.
+    """
     inserted = 0
+    keys = list(table.primary_key.columns)
     for batch in _batches(rows):
-        statement = _insert(conn, table).values(batch).on_conflict_do_nothing()
-        inserted += conn.execute(statement).rowcount or 0
+        statement = _insert(conn, table).values(batch).on_conflict_do_nothing().returning(*keys)
+        inserted += len(conn.execute(statement).all())
     return inserted
 
 

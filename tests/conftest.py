@@ -2,12 +2,15 @@
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.db import connect
 from engine.settings import REPO_ROOT
+from tests.postgres import PostgresServer, server_binaries
 
 # The test server's telemetry job writes to its SQLite database and collides with the runs' writes.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -32,3 +35,30 @@ def tree(tmp_path: Path) -> Path:
     shutil.copytree(REPO_ROOT / "definitions", tmp_path / "definitions")
     shutil.copytree(REPO_ROOT / "templates", tmp_path / "templates")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; CI must have it (`.ci/run` installs it), a laptop may not."""
+    binaries = server_binaries()
+    if binaries is None:
+        message = "PostgreSQL server binaries not found: apt-get install postgresql (as .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = Path(tempfile.mkdtemp(prefix="nudge-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    server = PostgresServer(binaries, folder).start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once on each supported dialect: the engine's SQL must hold on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nudge.db'}"
+        return
+    url = request.getfixturevalue("postgres_server").database()
+    yield url
+    connect(url).dispose()

@@ -49,9 +49,9 @@ def fake() -> Iterator[FakeSendGrid]:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Engine:
-    """A real SQLite file whose outbox holds one accepted email per user."""
-    engine = connect(f"sqlite:///{tmp_path / 'nudge.db'}")
+def database(database_url: str) -> Engine:
+    """A real database (SQLite, then PostgreSQL) whose outbox holds one accepted email per user."""
+    engine = connect(database_url)
     rows = [
         {
             "send_key": key,

@@ -32,8 +32,8 @@ def fake() -> Iterator[FakeSendGrid]:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Engine:
-    return connect(f"sqlite:///{tmp_path / 'nudge.db'}")
+def database(database_url: str) -> Engine:
+    return connect(database_url)
 
 
 @pytest.fixture
