@@ -38,6 +38,7 @@ class World:
     fakes: FakeProviders
     summaries: list
     env: dict[str, str]
+    database_url: str
 
     def emails(self) -> list[dict]:
         return [r.body for r in self.fakes.sendgrid.received("/v3/mail/send") if r.status == 202]
@@ -47,15 +48,20 @@ class World:
 
     def outbox(self) -> list[dict]:
         table = OutboxMessage.__table__
-        with connect(f"sqlite:///{self.home / 'nudge.db'}").connect() as conn:
+        with connect(self.database_url).connect() as conn:
             return [dict(row) for row in conn.execute(select(table).order_by(table.c.send_key)).mappings().all()]
 
 
-@pytest.fixture(scope="module")
-def world(prefect_harness, tmp_path_factory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, prefect_harness, tmp_path_factory) -> Iterator[World]:
+    """The same week of runs on each supported database: the engine's state must mean the same on both."""
     from flows.daily import daily_campaign
 
     home = tmp_path_factory.mktemp("daily")
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{home / 'nudge.db'}"
+    else:
+        database_url = request.getfixturevalue("postgres_server").database()
     snapshot = home / "snapshot"
     generate(snapshot, users=600, days=HISTORY_DAYS, start=START, seed=11)
     # The reference reads the journey, not the delivery policy (tested on its own against its own reference):
@@ -69,11 +75,12 @@ def world(prefect_harness, tmp_path_factory) -> Iterator[World]:
             "NUDGE_HOME": str(home),
             "NUDGE_SNAPSHOT_DIR": str(snapshot),
             "NUDGE_DEFINITIONS_DIR": str(definitions),
+            "NUDGE_DATABASE_URL": database_url,
         }
         for name, value in env.items():
             patch.setenv(name, value)
         summaries = [daily_campaign(as_of=as_of) for as_of in RUN_TIMES]
-        yield World(home, snapshot, fakes, summaries, env)
+        yield World(home, snapshot, fakes, summaries, env, database_url)
 
 
 def reference_deliveries(snapshot: Path, run_times: list[datetime]) -> tuple[Counter, Counter]:
@@ -181,7 +188,7 @@ def test_each_run_publishes_a_summary_artifact(world: World):
 
 def test_the_run_history_records_definitions_and_snapshot(world: World):
     table = Run.__table__
-    with connect(f"sqlite:///{world.home / 'nudge.db'}").connect() as conn:
+    with connect(world.database_url).connect() as conn:
         runs = conn.execute(select(table).where(table.c.dry_run.is_(False)).order_by(table.c.as_of)).mappings().all()
     assert sorted({run["as_of"] for run in runs}) == RUN_TIMES
     assert all(run["status"] == "completed" for run in runs)
