@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import messaging
 
 from engine.fakes import FakeFcm
-from engine.providers.fcm_endpoint import DEFAULT_RETRIES
+from engine.providers.fcm_endpoint import DEFAULT_RETRIES, FCM_BASE_URL, read_environment_once
 from engine.providers.fcm_push import FcmPushSender
 from engine.providers.messages import Push
 
@@ -151,11 +152,13 @@ def test_quota_exceeded_is_retryable_after_at_least_a_minute(fake: FakeFcm, send
     assert len(sends(fake)) == 2
 
 
-def test_invalid_argument_is_permanent(sender: FcmPushSender) -> None:
-    [outcome] = sender.send([push(body="x" * 5000)])
+def test_invalid_argument_is_permanent(fake: FakeFcm, sender: FcmPushSender) -> None:
+    fake.fail_next("INVALID_ARGUMENT")
+
+    [outcome] = sender.send([push()])
 
     assert (outcome.status, outcome.error_code, outcome.invalid_recipient) == ("failed", "INVALID_ARGUMENT", False)
-    assert "too big" in (outcome.detail or "")
+    assert "scripted INVALID_ARGUMENT" in (outcome.detail or "")
 
 
 def test_unavailable_is_retryable_once_the_sdk_retries_are_spent(fake: FakeFcm, sender: FcmPushSender) -> None:
@@ -204,14 +207,38 @@ def test_1200_pushes_all_arrive_without_overflowing_the_connection_pool(
     assert sorted(m["data"]["send_key"] for m in fake.sent_messages()) == sorted(p.send_key for p in pushes)
 
 
-def test_a_push_fcm_would_refuse_raises_before_any_request(fake: FakeFcm, sender: FcmPushSender) -> None:
-    with pytest.raises(ValueError, match=r"'p-2'.*reserved"):
-        sender.send([push("p-1"), push("p-2", data={"send_key": "mine"})])
-    with pytest.raises(ValueError, match="64 bytes"):
-        sender.send([push("k" * 65)])
+def test_a_push_fcm_would_refuse_fails_alone_without_a_request(fake: FakeFcm, sender: FcmPushSender) -> None:
+    outcomes = sender.send([push("p-1"), push("p-2", data={"send_key": "mine"}), push("k" * 65), push("p-4")])
 
-    assert fake.received() == []
+    assert [(o.send_key, o.status) for o in outcomes] == [
+        ("p-1", "accepted"), ("p-2", "failed"), ("k" * 65, "failed"), ("p-4", "accepted"),
+    ]  # fmt: skip
+    reserved, long_key = outcomes[1], outcomes[2]
+    assert reserved.error_code == long_key.error_code == "invalid_message"
+    assert "'p-2'" in (reserved.detail or "") and "reserved" in (reserved.detail or "")
+    assert "64 bytes" in (long_key.detail or "")
+    assert sorted(m["data"]["send_key"] for m in fake.sent_messages()) == ["p-1", "p-4"]
 
 
 def test_the_endpoint_is_set_per_app_not_on_the_sdk_class(sender: FcmPushSender) -> None:
     assert messaging._MessagingService.FCM_URL == "https://fcm.googleapis.com/v1/projects/{0}/messages:send"
+
+
+def test_the_environment_is_read_once_when_the_sender_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxies and CA bundle still come from the environment, but not on every request (see fcm_endpoint)."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
+    to_google, to_fake = requests.Session(), requests.Session()
+
+    read_environment_once(to_google, FCM_BASE_URL)
+    read_environment_once(to_fake, "http://127.0.0.1:8080")
+
+    assert to_google.proxies["https"] == "http://proxy.internal:3128"
+    assert "https" not in to_fake.proxies
+    assert to_google.verify == "/etc/ssl/corporate.pem"
+    assert not to_google.trust_env and not to_fake.trust_env
+
+
+def test_a_running_sender_no_longer_reads_the_environment_per_request(sender: FcmPushSender) -> None:
+    assert messaging._get_messaging_service(sender._app)._client.session.trust_env is False

@@ -225,11 +225,41 @@ def test_money_formats_without_locale(value: Any, currency: str, shown: str) -> 
 
 @pytest.mark.parametrize(
     ("value", "currency", "error"),
-    [("12", "USD", TypeError), (True, "USD", TypeError), (float("nan"), "USD", ValueError), (1, "XYZ", ValueError)],
+    [
+        ("12", "USD", TypeError),
+        (True, "USD", TypeError),
+        (None, "USD", TypeError),
+        (float("nan"), "USD", ValueError),
+        (float("-inf"), "USD", ValueError),
+        (Decimal("NaN"), "USD", ValueError),
+        (Decimal("sNaN"), "USD", ValueError),  # unhashable: refused before the cache sees it
+        (1, "XYZ", ValueError),
+    ],
 )
 def test_money_refuses_what_it_cannot_format(value: Any, currency: str, error: type[Exception]) -> None:
     with pytest.raises(error):
         money(value, currency)
+
+
+def test_money_gives_equal_amounts_of_any_type_the_same_text_and_refuses_again_after_a_refusal() -> None:
+    """Formatting is cached: the cache must neither mix types up nor remember a refusal as an answer."""
+    assert money(2) == money(2.0) == money(Decimal("2")) == money(Decimal("2.000")) == "$2.00"
+    assert [money(0.125), money(0.125)] == ["$0.13", "$0.13"]
+    for _ in range(2):
+        with pytest.raises(TypeError):
+            money("2")
+
+
+def test_jinja_globals_stay_available_to_compiled_templates(tmp_path: Path) -> None:
+    """Templates get a plain copy of the environment's globals (a ChainMap costs half a render)."""
+    _make(
+        tmp_path,
+        "push",
+        "g",
+        body_txt="{% for i in range(3) %}{{ i }}{% endfor %}{% set ns = namespace(n=1) %}{{ ns.n }}",
+    )
+
+    assert TemplateStore(tmp_path).push("g").render({}).body == "0121"
 
 
 def test_a_filter_error_is_a_render_error_not_a_blank(store: TemplateStore) -> None:

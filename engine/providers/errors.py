@@ -3,7 +3,8 @@
     ProviderError                    any trouble a provider reported; carries a stable `code`
     ├── RetryableError               the same message may go through later (`retry_after`: seconds, when said)
     ├── PermanentError               this message will not go through as it is
-    │   └── InvalidRecipientError    the address or token is dead: stop sending to it
+    │   ├── InvalidRecipientError    the address or token is dead: stop sending to it
+    │   └── InvalidMessageError      refused by our own checks (see `limits`): it never reached the provider
     └── ConfigurationError           our credentials or setup are wrong: fix them, do not blame the recipient
 
 Retry decisions anywhere else look only at these classes, or at the `Outcome` built from them by
@@ -51,6 +52,16 @@ class PermanentError(ProviderError):
 
 class InvalidRecipientError(PermanentError):
     """The address or token can never receive: the caller removes it."""
+
+
+class InvalidMessageError(PermanentError):
+    """The message breaks a provider limit or rule we check locally; no request was made for it.
+
+    `detail` names the message's send_key and every problem found, so that one reading fixes them all.
+    """
+
+    def __init__(self, send_key: str, kind: str, problems: list[str]) -> None:
+        super().__init__("invalid_message", f"{kind} {send_key!r} cannot be sent: {'; '.join(problems)}")
 
 
 class ConfigurationError(ProviderError):

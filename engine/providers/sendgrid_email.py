@@ -1,6 +1,5 @@
 """Emails through the SendGrid SDK: one POST /v3/mail/send per email, a few in flight at once."""
 
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -9,13 +8,9 @@ from typing import Any
 
 from sendgrid import SendGridAPIClient
 
-from engine.providers.errors import SENDGRID_FAILURES, from_sendgrid, to_outcome
+from engine.providers.errors import SENDGRID_FAILURES, InvalidMessageError, from_sendgrid, to_outcome
+from engine.providers.limits import sendgrid_request_problems
 from engine.providers.messages import Email, Outcome, require_unique_send_keys
-
-# SendGrid refuses a request whose custom_args reach 10,000 bytes, and more than 10 categories.
-_MAX_CUSTOM_ARGS_BYTES = 10_000
-_MAX_CATEGORIES = 10
-_MAX_CATEGORY_CHARS = 255
 
 
 class SendGridEmailSender:
@@ -48,11 +43,18 @@ class SendGridEmailSender:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sendgrid")
 
     def send(self, emails: Sequence[Email]) -> list[Outcome]:
-        """Send every email; one Outcome each, in the order given. Invalid emails raise before any I/O."""
+        """Send every email; one Outcome each, in the order given.
+
+        An email that breaks a SendGrid limit (see `limits`) is not sent: its Outcome is `failed` with
+        error_code "invalid_message" and a detail naming it, and the others go out as usual. A repeated
+        send_key raises ValueError before any I/O: outcomes could not be told apart.
+        """
         require_unique_send_keys([e.send_key for e in emails])
-        bodies = {e.send_key: self._request_body(e) for e in emails}
-        futures = {key: self._pool.submit(self._post, key, body) for key, body in bodies.items()}
-        return [futures[e.send_key].result() for e in emails]
+        prepared = [(e.send_key, self._prepare(e)) for e in emails]
+        pending = [
+            self._pool.submit(self._post, key, body) if isinstance(body, dict) else body for key, body in prepared
+        ]
+        return [p if isinstance(p, Outcome) else p.result() for p in pending]
 
     def close(self) -> None:
         """Wait for requests in flight and stop the worker threads."""
@@ -74,6 +76,14 @@ class SendGridEmailSender:
             self._clients.client = client
         return client
 
+    def _prepare(self, email: Email) -> dict[str, Any] | Outcome:
+        """The request body for `email`, or its failed Outcome when SendGrid would refuse the request."""
+        body = self._request_body(email)
+        problems = _email_problems(email) + sendgrid_request_problems(body)
+        if problems:
+            return to_outcome(email.send_key, InvalidMessageError(email.send_key, "email", problems))
+        return body
+
     def _request_body(self, email: Email) -> dict[str, Any]:
         custom_args = {"send_key": email.send_key, "run_id": email.run_id}
         content = [
@@ -81,7 +91,6 @@ class SendGridEmailSender:
             for kind, value in (("text/plain", email.text), ("text/html", email.html))
             if value
         ]
-        _check(email, custom_args, content)
         body: dict[str, Any] = {
             "personalizations": [{"to": [{"email": email.to}], "custom_args": custom_args}],
             "from": self._from,
@@ -95,20 +104,13 @@ class SendGridEmailSender:
         return body
 
 
-def _check(email: Email, custom_args: dict[str, str], content: list[dict[str, str]]) -> None:
-    """Refuse what SendGrid would refuse anyway, before the request, naming the send_key."""
+def _email_problems(email: Email) -> list[str]:
+    """What SendGrid would refuse in this email that the request limits do not cover."""
     problems = []
     if not email.to.strip():
         problems.append("no recipient address")
     if not email.subject.strip():
         problems.append("empty subject")
-    if not content:
+    if not (email.text or email.html):
         problems.append("neither text nor html content")
-    if len(json.dumps(custom_args).encode()) >= _MAX_CUSTOM_ARGS_BYTES:
-        problems.append(f"custom_args reach {_MAX_CUSTOM_ARGS_BYTES} bytes")
-    if len(email.categories) > _MAX_CATEGORIES:
-        problems.append(f"more than {_MAX_CATEGORIES} categories")
-    if any(not c or len(c) > _MAX_CATEGORY_CHARS for c in email.categories):
-        problems.append(f"a category is empty or longer than {_MAX_CATEGORY_CHARS} characters")
-    if problems:
-        raise ValueError(f"email {email.send_key!r} cannot be sent: {'; '.join(problems)}")
+    return problems
