@@ -44,6 +44,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--dry-run", action="store_true")
     run.set_defaults(handler=_run)
 
+    replay = commands.add_parser(
+        "replay", help="replay past days in a shadow workspace (dry run), or backfill / rebuild them live"
+    )
+    replay.add_argument("--start", type=date.fromisoformat, required=True, help="first day, UTC (YYYY-MM-DD)")
+    replay.add_argument("--end", type=date.fromisoformat, required=True, help="last day, inclusive")
+    replay.add_argument("--at", type=time.fromisoformat, default=time(6), help="time of day of each as_of, UTC (06:00)")
+    replay.add_argument(
+        "--live", action="store_true", help="run days never run live, on live state; their messages are not sent"
+    )
+    replay.add_argument(
+        "--rebuild", action="store_true", help="with --live: recompute rollups and segments of days already run"
+    )
+    replay.add_argument("--workspace", default="default", help="shadow workspace of a dry run (default: default)")
+    replay.add_argument("--fresh", action="store_true", help="start the shadow workspace over")
+    replay.set_defaults(handler=_replay)
+
     runs = commands.add_parser("runs", help="the run history, newest first, or one run in full")
     runs.add_argument("run_id", nargs="?", help="show this run's recorded counts and definition versions")
     runs.set_defaults(handler=_runs)
@@ -96,6 +112,24 @@ def _run(args: argparse.Namespace) -> None:
     print(daily_campaign(as_of=args.as_of, dry_run=args.dry_run).markdown())
 
 
+def _replay(args: argparse.Namespace) -> None:
+    if args.rebuild and not args.live:
+        sys.exit("--rebuild rewrites live segment history: add --live (a dry replay shows what it would write)")
+    _configure_local_prefect(Path(os.environ.get("NUDGE_HOME", ".nudge")) / "prefect")
+    from flows.backfill import backfill
+
+    report = backfill(
+        start=args.start,
+        end=args.end,
+        at=args.at,
+        dry_run=not args.live,
+        rebuild=args.rebuild,
+        workspace=args.workspace,
+        fresh=args.fresh,
+    )
+    print(report.markdown())
+
+
 def _runs(args: argparse.Namespace) -> None:
     from engine.db import connect
     from engine.run_log import list_runs
@@ -139,13 +173,16 @@ def _journey(args: argparse.Namespace) -> None:
 
     from engine.db import connect
     from engine.definitions import load_definitions
-    from engine.journey_views import arrivals_per_day, where_users_are
+    from engine.journey_state import EXIT
+    from engine.journey_views import arrivals_per_day, conversions, where_users_are
     from engine.render import TemplateStore
     from engine.settings import EngineSettings
+    from models.journeys import SplitNode
 
     settings = EngineSettings()
     definitions = load_definitions(settings.definitions_dir, TemplateStore(settings.templates_dir))
-    nodes = [definitions.journeys[args.name].start, *definitions.journeys[args.name].nodes]
+    journey = definitions.journeys[args.name]
+    nodes = [journey.start, *journey.nodes, EXIT]  # EXIT: goal, exit criteria, removed node
     order = pl.DataFrame({"node": list(dict.fromkeys(nodes)), "order": range(len(dict.fromkeys(nodes)))})
     view = pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True)
     with connect(settings.database).connect() as conn, view:
@@ -156,6 +193,9 @@ def _journey(args: argparse.Namespace) -> None:
         table = recent.with_columns(pl.col("day").dt.strftime("%m-%d")).pivot("day", index="node", values="arrivals")
         print("\nArrivals per node, last 7 days:")
         print(table.join(order, on="node", how="left").sort("order").drop("order").fill_null(0))
+        if journey.holdout or journey.goal or any(isinstance(node, SplitNode) for node in journey.nodes.values()):
+            print("\nGoal conversions by holdout and experiment arm:")
+            print(conversions(conn, args.name))
 
 
 def _path(args: argparse.Namespace) -> None:
@@ -169,7 +209,8 @@ def _path(args: argparse.Namespace) -> None:
         sys.exit(f"no journey steps recorded for user {args.user_id!r}")
     for step in steps.iter_rows(named=True):
         move = f"{step['from_node'] or '(start)'} -> {step['to_node']}"
-        print(f"{step['at']:%Y-%m-%d %H:%M}  {step['journey']:16} {move:40} {step['reason']}")
+        where = step["journey"] + (f" [{step['entry_key']}]" if step["entry_key"] else "")
+        print(f"{step['at']:%Y-%m-%d %H:%M}  {where:16} {move:40} {step['reason']}")
 
 
 class _providers:

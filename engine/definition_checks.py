@@ -8,21 +8,37 @@ errors that name file, line and field, raised before any segment is computed.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import polars as pl
 
 from engine.yaml_source import DefinitionError, Problem, YamlDocument
+from models.journeys import (
+    AttributeDelay,
+    BranchNode,
+    BroadcastEntry,
+    DelayNode,
+    EventEntry,
+    JourneyDefinition,
+    SegmentEntry,
+    WaitEvent,
+    WaitForNode,
+    WaitSegment,
+)
 from models.rules import (
     Aggregate,
     All,
     AnyOf,
     Attribute,
+    AttributeSpec,
+    EventCount,
     FirstPerformed,
     LastPerformed,
     Not,
     NotPerformed,
     Performed,
     Rule,
+    SegmentRef,
     Window,
 )
 
@@ -54,6 +70,43 @@ def located_leaves(rule: Rule, loc: Loc) -> Iterator[tuple[Loc, Rule]]:
             yield from located_leaves(inner, (*loc, "not"))
         case _:
             yield loc, rule
+
+
+def journey_rules(journey: JourneyDefinition) -> list[tuple[Loc, Rule]]:
+    """Every rule a journey evaluates, located; plus stand-in rules for the events and date attributes it reads
+    outside rules (entry, wait-for, goal, delays until a date), so the snapshot checks cover those names too."""
+    rules: list[tuple[Loc, Rule]] = []
+    watched = [(("entry", "event"), journey.entry)] if isinstance(journey.entry, EventEntry) else []
+    for node_id, node in journey.nodes.items():
+        match node:
+            case BranchNode():
+                rules += [(("nodes", node_id, "branch", n, "when"), case.when) for n, case in enumerate(node.branch)]
+            case WaitForNode(wait_for=WaitEvent() as wanted):
+                watched.append((("nodes", node_id, "wait_for", "event"), wanted))
+            case DelayNode(delay=AttributeDelay(until_attribute=name)):
+                dated = Attribute(attribute=AttributeSpec(name=name, older_than=timedelta(minutes=1)))
+                rules.append((("nodes", node_id, "delay", "until_attribute"), dated))
+    rules += [(("exit_when", n, "when"), criterion.when) for n, criterion in enumerate(journey.exit_when)]
+    if journey.goal is not None:
+        watched.append((("goal", "event"), journey.goal))
+    rules += [(loc, Performed(performed=EventCount(event=match.event))) for loc, match in watched]
+    return rules
+
+
+def journey_segments(journey: JourneyDefinition) -> list[tuple[Loc, str]]:
+    """Every segment a journey names, located: entry, broadcast, wait-for, and in its rules."""
+    named: list[tuple[Loc, str]] = []
+    if isinstance(journey.entry, SegmentEntry):
+        named.append((("entry", "segment"), journey.entry.segment))
+    if isinstance(journey.entry, BroadcastEntry):
+        named.append((("entry", "broadcast"), journey.entry.broadcast))
+    for node_id, node in journey.nodes.items():
+        if isinstance(node, WaitForNode) and isinstance(node.wait_for, WaitSegment):
+            named.append((("nodes", node_id, "wait_for", "segment"), node.wait_for.segment))
+    for site_loc, rule in journey_rules(journey):
+        leaves = located_leaves(rule, site_loc)
+        named += [((*loc, "segment"), leaf.segment) for loc, leaf in leaves if isinstance(leaf, SegmentRef)]
+    return named
 
 
 def entry_windows_outside_journeys(site: RuleSite) -> list[Problem]:

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.contexts import builder_for
-from engine.definition_checks import RuleSite, entry_windows_outside_journeys
+from engine.definition_checks import RuleSite, entry_windows_outside_journeys, journey_rules, journey_segments
 from engine.python_segments import PythonSegment, load_python_segment
 from engine.render import MessageTemplateError, TemplateStore
 from engine.rules import segment_refs
 from engine.segments import SegmentCycleError, evaluation_order
 from engine.yaml_source import DefinitionError, Problem, YamlDocument, load_yaml, validate_document
 from models.delivery import DeliveryPolicy
-from models.journeys import BranchNode, JourneyDefinition, SendNode
+from models.journeys import JourneyDefinition, SendNode
 from models.segments import SegmentDefinition
 
 
@@ -111,11 +111,8 @@ def _rule_sites(
         for name, segment in sorted(segments.items())
     ]
     for name, journey in sorted(journeys.items()):
-        for node_id, node in journey.nodes.items():
-            if isinstance(node, BranchNode):
-                for number, case in enumerate(node.branch):
-                    loc = ("nodes", node_id, "branch", number, "when")
-                    sites.append(RuleSite(sources[f"journeys/{name}"], f"journeys/{name}.yaml", loc, case.when))
+        doc = sources[f"journeys/{name}"]
+        sites += [RuleSite(doc, f"journeys/{name}.yaml", loc, rule) for loc, rule in journey_rules(journey)]
     return sites
 
 
@@ -146,19 +143,18 @@ def _check_journeys(
     versions: dict[str, str],
 ) -> list[Problem]:
     problems = []
+    broken_templates: set[str] = set()  # a broken template is reported once, at the first send naming it
     for name, journey in journeys.items():
         doc = sources[f"journeys/{name}"]
-        if journey.entry.segment not in known:
-            problems.append(_problem(doc, ("entry", "segment"), f"unknown segment {journey.entry.segment!r}"))
+        for where, ref in journey_segments(journey):
+            if ref not in known:
+                problems.append(_problem(doc, where, f"unknown segment {ref!r}"))
         for node_id, node in journey.nodes.items():
-            if isinstance(node, BranchNode):
-                for number, case in enumerate(node.branch):
-                    for ref in segment_refs(case.when):
-                        if ref not in known:
-                            where = ("nodes", node_id, "branch", number, "when")
-                            problems.append(_problem(doc, where, f"unknown segment {ref!r}"))
             if isinstance(node, SendNode):
                 where = ("nodes", node_id, "send", "template")
+                shown = f"templates/{node.send.channel}/{node.send.template}"
+                if shown in broken_templates:
+                    continue
                 try:
                     sample = builder_for(node.send.template).sample
                     if node.send.channel == "email":
@@ -167,8 +163,9 @@ def _check_journeys(
                         version = templates.validate_push(node.send.template, sample).version
                 except (KeyError, MessageTemplateError) as error:
                     problems.append(_problem(doc, where, str(error).strip('"')))
+                    broken_templates.add(shown)
                     continue
-                versions[f"templates/{node.send.channel}/{node.send.template}"] = version
+                versions[shown] = version
     return problems
 
 

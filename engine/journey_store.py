@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from engine.db import insert_new, upsert
-from engine.journeys import INSTANCE_SCHEMA, Advance
+from engine.journeys import INSTANCE_SCHEMA, KNOWN_SCHEMA, Advance
 from models.tables import JourneyInstance, JourneyTransition, OutboxMessage
 
 _INSTANCES = JourneyInstance.__table__  # type: ignore[attr-defined]
@@ -31,14 +31,11 @@ def load_active(conn: Connection, journey: str) -> pl.DataFrame:
 
 
 def load_known(conn: Connection, journey: str) -> pl.DataFrame:
-    """Every instance's user, status and id: what the re-entry policy and rerun detection look at."""
+    """Every instance of the journey, in any status and version: what re-entry and rerun detection look at."""
     rows = conn.execute(
-        select(_INSTANCES.c.user_id, _INSTANCES.c.status, _INSTANCES.c.instance_id).where(
-            _INSTANCES.c.journey == journey
-        )
+        select(*(_INSTANCES.c[name] for name in KNOWN_SCHEMA.names())).where(_INSTANCES.c.journey == journey)
     ).all()
-    schema = {"user_id": pl.String, "status": pl.String, "instance_id": pl.String}
-    return pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    return pl.DataFrame([tuple(row) for row in rows], schema=KNOWN_SCHEMA, orient="row")
 
 
 def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl.DataFrame:
@@ -51,7 +48,7 @@ def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl
     columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "not_before")
     rows = conn.execute(
         select(*(_OUTBOX.c[name] for name in columns)).where(
-            _OUTBOX.c.status.in_(("planned", "claimed", "accepted", "retryable")),
+            _OUTBOX.c.status.in_(("planned", "claimed", "sending", "accepted", "retryable")),
             _OUTBOX.c.transactional.is_(False),
             _OUTBOX.c.as_of <= as_of,
             _OUTBOX.c.as_of >= as_of - timedelta(days=days),

@@ -1,7 +1,8 @@
-"""What operators ask of journey state: who is where, how many moved per node per day, one user's path."""
+"""What operators ask of journey state: who is where, how many moved per node per day, one user's path, and how
+the holdout and each experiment arm convert."""
 
 import polars as pl
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
 from models.tables import JourneyInstance, JourneyTransition
@@ -35,24 +36,50 @@ def arrivals_per_day(conn: Connection, journey: str) -> pl.DataFrame:
     )
 
 
+def conversions(conn: Connection, journey: str) -> pl.DataFrame:
+    """Instances and goal conversions per group: the holdout against everyone else, and per split arm.
+
+    Held-out instances walk the same path without messages, so their conversion rate is the baseline the
+    others are compared with.
+    """
+    group = (_INSTANCES.c.holdout, _INSTANCES.c.arm)
+    rows = conn.execute(
+        select(
+            *group,
+            func.count(),
+            func.sum(case((_INSTANCES.c.status == "active", 1), else_=0)),
+            func.count(_INSTANCES.c.goal_at),
+        )
+        .where(_INSTANCES.c.journey == journey)
+        .group_by(*group)
+        .order_by(*group)
+    ).all()
+    schema = {"holdout": pl.Boolean, "arm": pl.String, "instances": pl.Int64, "active": pl.Int64, "goals": pl.Int64}
+    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    return frame.with_columns((pl.col("goals") / pl.col("instances")).round(4).alias("conversion"))
+
+
 def user_path(conn: Connection, user_id: str, journey: str | None = None) -> pl.DataFrame:
-    """Every step one user took, in order, with the run that took it and why."""
+    """Every step one user took, in order, with the run that took it and why (and the instance's entry key)."""
     query = select(
         _TRANSITIONS.c.journey,
         _TRANSITIONS.c.instance_id,
+        _INSTANCES.c.entry_key,
         _TRANSITIONS.c.step,
         _TRANSITIONS.c.from_node,
         _TRANSITIONS.c.to_node,
         _TRANSITIONS.c.at,
         _TRANSITIONS.c.run_id,
         _TRANSITIONS.c.reason,
-    ).where(_TRANSITIONS.c.user_id == user_id)
+    ).select_from(_TRANSITIONS.outerjoin(_INSTANCES, _INSTANCES.c.instance_id == _TRANSITIONS.c.instance_id))
+    query = query.where(_TRANSITIONS.c.user_id == user_id)
     if journey is not None:
         query = query.where(_TRANSITIONS.c.journey == journey)
     rows = conn.execute(query.order_by(_TRANSITIONS.c.at, _TRANSITIONS.c.instance_id, _TRANSITIONS.c.step)).all()
     schema = {
         "journey": pl.String,
         "instance_id": pl.String,
+        "entry_key": pl.String,
         "step": pl.Int64,
         "from_node": pl.String,
         "to_node": pl.String,

@@ -1,129 +1,117 @@
-"""Advance every instance of a journey by one run, for the whole population at once.
+"""Run a journey for one as_of, for the whole population at once: entries, exits, then every instance advanced.
 
-`advance` is pure: the instances in, the instances after this run, their transitions and the sends they
-planned out. Every transition of a run happens at the run's `as_of`; a delay entered at `as_of` is due at
-`as_of + delay` and is left by the first run whose as_of has reached it. Within a run an instance keeps moving
-through nodes that take no time (branch, send, exit) until it waits or exits: a bounded fixpoint, since the
-definition admits no loop without a delay.
+`run_journey` is pure: the journey's known instances in, the instances this run created or moved, their
+transitions and the sends they planned out. Its parts live beside it: `journey_entry` (who enters),
+`journey_exits` (goal, exit criteria and version changes, checked every run from any node), `journey_waits`
+(wait-for and goal events), `journey_nodes` (what each node does), `journey_clock` (local times of day).
 
-Because instance ids, steps and send keys are derived from the journey, user, entry time and path, rerunning the
-same as_of over the state the first run left produces no transition at all, and over the state before it the
-very same rows.
+Timing. Every transition of a run happens at the run's `as_of`. A wait is timed from the moment the instance
+arrived at its node, which is the as_of of the run that moved it there: a delay of 1d entered at as_of is left
+by the first run at or after as_of + 1d. A wait-for counts events strictly after arrival and before the deadline
+(arrival + timeout), and nothing at or after as_of is visible; a segment wait holds at a run after the arrival
+run, up to the run at the deadline, where the user is in the segment. The timed-out exit is taken at the first
+run at or after the deadline, unless what was awaited came before it (events by their time: a late run decides right).
+Within a run an instance keeps moving through nodes that take no time (branch, split, send, exit, a delay until a
+date already passed) until it waits or exits: a bounded fixpoint, since the definition admits no loop in which
+nothing takes time.
+
+Versions. A journey's version is the content hash of its file; an instance records the version it entered on
+and each transition the version that took it. In-flight instances follow the current version from the node they
+rest at (node ids are the identity of steps, as in Braze Canvas after an edit): they keep the due time their wait
+was given (a changed delay applies to later arrivals; a node that is no longer a wait is left at the next run),
+and exit with reason `version_removed_node` when their node no longer exists. Messages carry the version that
+planned them. Old versions are not kept, so "finish on the version you entered" is not on offer.
+
+Status (applied by the caller, see `runs_live`): draft never runs live, paused and archived journeys are not run
+at all (paused instances stay where they are; elapsed waits move at once on resume). Outside starts_at .. ends_at
+a journey takes no new entries while in-flight instances finish (applied here).
+
+Determinism. Instance ids, steps and send keys are derived from the journey, user, entry time, key and path, so
+rerunning the same as_of over the state the first run left produces no transition at all, and over the state
+before it the very same rows. Nothing here reads the database or the clock: a simulation calls `run_journey` run
+after run with the state kept in memory (as `tests/journey_harness.Runner` does).
 """
 
-import json
-from dataclasses import dataclass
-from datetime import datetime
-
 import polars as pl
-from pydantic import BaseModel
 
 from engine.behaviour import Behaviour
-from engine.features import with_features
-from engine.keys import key_expr
-from engine.rules import predicate, rule_features
-from models.durations import format_duration
-from models.journeys import BranchNode, DelayNode, ExitNode, JourneyDefinition, SendNode
-
-INSTANCE_SCHEMA = pl.Schema(
-    {
-        "instance_id": pl.String,
-        "journey": pl.String,
-        "version": pl.String,
-        "user_id": pl.String,
-        "entered_at": pl.Datetime("us", "UTC"),
-        "node": pl.String,
-        "node_entered_at": pl.Datetime("us", "UTC"),
-        "due_at": pl.Datetime("us", "UTC"),
-        "status": pl.String,
-        "exit_reason": pl.String,
-        "steps": pl.Int64,
-    }
+from engine.journey_entry import enter
+from engine.journey_exits import early_exits
+from engine.journey_nodes import arrive, exit_nodes, plan_sends, step, waiting_nodes
+from engine.journey_state import (
+    INSTANCE_SCHEMA,
+    KNOWN_SCHEMA,
+    MOMENT,
+    SEND_SCHEMA,
+    TRANSITION_SCHEMA,
+    Advance,
+    concat_or_empty,
+    moment,
+    transitions,
 )
-TRANSITION_SCHEMA = pl.Schema(
-    {
-        "instance_id": pl.String,
-        "step": pl.Int64,
-        "journey": pl.String,
-        "user_id": pl.String,
-        "from_node": pl.String,
-        "to_node": pl.String,
-        "at": pl.Datetime("us", "UTC"),
-        "reason": pl.String,
-    }
-)
-SEND_SCHEMA = pl.Schema(
-    {
-        "send_key": pl.String,
-        "instance_id": pl.String,
-        "journey": pl.String,
-        "version": pl.String,
-        "user_id": pl.String,
-        "node": pl.String,
-        "channel": pl.String,
-        "template": pl.String,
-        "transactional": pl.Boolean,
-        "priority": pl.Int64,
-    }
-)
+from engine.journey_waits import MATCH_SCHEMA, wait_matches
+from models.journeys import JourneyDefinition
+
+__all__ = [
+    "INSTANCE_SCHEMA",
+    "KNOWN_SCHEMA",
+    "SEND_SCHEMA",
+    "TRANSITION_SCHEMA",
+    "Advance",
+    "advance",
+    "enter",
+    "run_journey",
+    "runs_live",
+]
 
 
-@dataclass(frozen=True)
-class Advance:
-    instances: pl.DataFrame  # every instance this run created or moved, in its new state
-    transitions: pl.DataFrame
-    sends: pl.DataFrame
+def runs_live(journey: JourneyDefinition) -> bool:
+    """Whether live runs touch the journey at all: only active ones (drafts are for simulation)."""
+    return journey.status == "active"
 
 
-def enter(
+def run_journey(
     journey: JourneyDefinition,
     version: str,
     *,
-    entered: pl.Series,
+    entered: pl.Series | None = None,
     known: pl.DataFrame,
-    as_of: datetime,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """New instances for users who entered the entry segment, and their entry transitions.
+    active: pl.DataFrame,
+    users: pl.LazyFrame,
+    behaviour: Behaviour,
+    memberships: dict[str, pl.Series],
+) -> tuple[pl.DataFrame, Advance]:
+    """One run of a journey: new entries, then every active instance (new ones included) advanced.
 
-    `known` holds this journey's instances that matter for re-entry (`user_id`, `status`, `instance_id`):
-    a user with an active instance never enters twice; with `reentry: never`, nor after exiting. An instance
-    already created for this very as_of (a rerun) is not created again.
+    Args:
+        journey: the current definition.
+        version: its version, recorded on new instances, transitions and sends.
+        entered: users who entered the entry segment at this run (segment entries; ignored otherwise).
+        known: every instance of the journey, any status or version (`KNOWN_SCHEMA`).
+        active: the active instances (`INSTANCE_SCHEMA`).
+        users: the users snapshot (attributes read by rules, `timezone`, delay dates).
+        behaviour: events, rollups and deliveries visible at the run's as_of.
+        memberships: members of every segment at as_of, by name.
+
+    Returns the new instances (for counting entries) and the run's whole result, entries included.
     """
-    candidates = pl.DataFrame({"user_id": entered}).with_columns(
-        pl.lit(journey.name).alias("journey"), pl.lit(as_of).dt.cast_time_unit("us").alias("entered_at")
+    new, entry_transitions = enter(
+        journey, version, entered=entered, known=known, users=users, behaviour=behaviour, memberships=memberships
     )
-    candidates = candidates.with_columns(
-        key_expr(pl.col("journey"), pl.col("user_id"), pl.col("entered_at").dt.to_string("%+")).alias("instance_id")
+    moved = advance(
+        journey,
+        pl.concat([active.select(INSTANCE_SCHEMA.names()), new]),
+        users=users,
+        behaviour=behaviour,
+        memberships=memberships,
+        version=version,
     )
-    blocking = known if journey.entry.reentry == "never" else known.filter(pl.col("status") == "active")
-    fresh = candidates.join(blocking.select("user_id"), on="user_id", how="anti").join(
-        known.select("instance_id"), on="instance_id", how="anti"
+    instances = pl.concat([new.join(moved.instances, on="instance_id", how="anti"), moved.instances])
+    return new, Advance(
+        instances=instances.sort("instance_id"),
+        transitions=pl.concat([entry_transitions, moved.transitions]).sort("instance_id", "step"),
+        sends=moved.sends,
     )
-    instances = fresh.select(
-        "instance_id",
-        "journey",
-        pl.lit(version).alias("version"),
-        "user_id",
-        "entered_at",
-        pl.lit(journey.start).alias("node"),
-        pl.col("entered_at").alias("node_entered_at"),
-        pl.lit(None, pl.Datetime("us", "UTC")).alias("due_at"),
-        pl.lit("active").alias("status"),
-        pl.lit(None, pl.String).alias("exit_reason"),
-        pl.lit(0, pl.Int64).alias("steps"),
-    )
-    instances = _arrive(instances, journey, as_of)
-    transitions = instances.select(
-        "instance_id",
-        pl.lit(0, pl.Int64).alias("step"),
-        "journey",
-        "user_id",
-        pl.lit(None, pl.String).alias("from_node"),
-        pl.col("node").alias("to_node"),
-        pl.col("entered_at").alias("at"),
-        pl.lit(f"entered segment {journey.entry.segment}").alias("reason"),
-    )
-    return instances.sort("instance_id"), transitions.sort("instance_id")
 
 
 def advance(
@@ -133,179 +121,79 @@ def advance(
     users: pl.LazyFrame,
     behaviour: Behaviour,
     memberships: dict[str, pl.Series],
+    version: str | None = None,
 ) -> Advance:
-    """Move every active instance as far as this run's as_of allows."""
+    """Move every active instance as far as this run's as_of allows.
+
+    `version` is the current definition's, recorded on transitions and sends (the instance's own by default).
+    """
     as_of = behaviour.as_of
-    state = active.select(INSTANCE_SCHEMA.names())
-    moved: list[pl.DataFrame] = []
-    transitions: list[pl.DataFrame] = []
-    sends: list[pl.DataFrame] = []
-    for _ in range(len(journey.nodes) + 1):
+    state = _normalized(active)
+    exits = early_exits(journey, state, users=users, behaviour=behaviour, memberships=memberships)
+    leaving = state.join(exits, on="instance_id", suffix="_exit")
+    exited = leaving.with_columns(
+        pl.col("next").alias("node"),
+        moment(as_of).alias("node_entered_at"),
+        pl.lit(None, MOMENT).alias("due_at"),
+        pl.lit("exited").alias("status"),
+        pl.col("exit_reason_exit").alias("exit_reason"),
+        (pl.col("steps") + 1).alias("steps"),
+        pl.coalesce("goal_at_exit", "goal_at").alias("goal_at"),
+    )
+    moved = [exited.select(INSTANCE_SCHEMA.names())]
+    steps = [transitions(leaving, at=as_of, version=version)]
+    sends = []
+    if not exits.is_empty():
+        state = state.join(exits.select("instance_id"), on="instance_id", how="anti")
+    matches = wait_matches(journey, state, behaviour=behaviour, memberships=memberships)
+    state = _with_matches(state, matches)
+    limit = len(journey.nodes) + 1  # no path of instant nodes is longer; one more for the wait left first
+    for moves in range(limit + 1):
         ready = state.filter(_ready(journey, as_of))
         if ready.is_empty():
             break
-        step = _step(journey, ready, users=users, behaviour=behaviour, memberships=memberships)
-        transitions.append(
-            step.select(
-                "instance_id",
-                (pl.col("steps") + 1).alias("step"),
-                "journey",
-                "user_id",
-                pl.col("node").alias("from_node"),
-                pl.col("next").alias("to_node"),
-                pl.lit(as_of).dt.cast_time_unit("us").alias("at"),
-                "reason",
-            )
-        )
-        sends.append(_sends(journey, step))
-        after = _arrive(
-            step.with_columns(
-                pl.col("next").alias("node"),
-                pl.lit(as_of).dt.cast_time_unit("us").alias("node_entered_at"),
-                (pl.col("steps") + 1).alias("steps"),
-            ).select(INSTANCE_SCHEMA.names()),
-            journey,
-            as_of,
-        )
-        moved.append(after)
-        state = pl.concat([state.join(after.select("instance_id"), on="instance_id", how="anti"), after])
-    changed = pl.concat(moved).unique("instance_id", keep="last") if moved else pl.DataFrame(schema=INSTANCE_SCHEMA)
+        if moves == limit:
+            raise AssertionError(f"journey {journey.name}: instances still moving after {limit} steps in one run")
+        stepped = step(journey, ready, users=users, behaviour=behaviour, memberships=memberships)
+        steps.append(transitions(stepped, at=as_of, version=version))
+        sends.append(plan_sends(journey, stepped, version=version))
+        arrived = stepped.with_columns(
+            pl.col("next").alias("node"),
+            moment(as_of).alias("node_entered_at"),
+            (pl.col("steps") + 1).alias("steps"),
+            *(pl.lit(None, dtype).alias(name) for name, dtype in MATCH_SCHEMA.items() if name != "instance_id"),
+        ).select(state.columns)
+        arrived = arrive(arrived, journey, users=users)
+        moved.append(arrived.select(INSTANCE_SCHEMA.names()))
+        state = pl.concat([state.join(arrived.select("instance_id"), on="instance_id", how="anti"), arrived])
+    changed = concat_or_empty(moved, INSTANCE_SCHEMA).unique("instance_id", keep="last")
     return Advance(
         instances=changed.sort("instance_id"),
-        transitions=_concat(transitions, TRANSITION_SCHEMA).sort("instance_id", "step"),
-        sends=_concat(sends, SEND_SCHEMA).sort("send_key"),
+        transitions=concat_or_empty(steps, TRANSITION_SCHEMA).sort("instance_id", "step"),
+        sends=concat_or_empty(sends, SEND_SCHEMA).sort("send_key"),
     )
 
 
-def run_journey(
-    journey: JourneyDefinition,
-    version: str,
-    *,
-    entered: pl.Series,
-    known: pl.DataFrame,
-    active: pl.DataFrame,
-    users: pl.LazyFrame,
-    behaviour: Behaviour,
-    memberships: dict[str, pl.Series],
-) -> tuple[pl.DataFrame, Advance]:
-    """One run of a journey: new entries, then every active instance (new ones included) advanced.
-
-    Returns the new instances (for counting entries) and the run's whole result, entries included.
-    """
-    new, entry_transitions = enter(journey, version, entered=entered, known=known, as_of=behaviour.as_of)
-    moved = advance(journey, pl.concat([active, new]), users=users, behaviour=behaviour, memberships=memberships)
-    instances = pl.concat([new.join(moved.instances, on="instance_id", how="anti"), moved.instances])
-    return new, Advance(
-        instances=instances.sort("instance_id"),
-        transitions=pl.concat([entry_transitions, moved.transitions]).sort("instance_id", "step"),
-        sends=moved.sends,
-    )
-
-
-def _ready(journey: JourneyDefinition, as_of: datetime) -> pl.Expr:
-    delays = [node_id for node_id, node in journey.nodes.items() if isinstance(node, DelayNode)]
-    exits = [node_id for node_id, node in journey.nodes.items() if isinstance(node, ExitNode)]
-    waiting = pl.col("node").is_in(delays) & (pl.col("due_at") > as_of)
-    return (pl.col("status") == "active") & ~pl.col("node").is_in(exits) & ~waiting
-
-
-def _arrive(instances: pl.DataFrame, journey: JourneyDefinition, as_of: datetime) -> pl.DataFrame:
-    """Set what arriving at a node implies: a due time at delays, the exit at exits."""
-    due = pl.lit(None, pl.Datetime("us", "UTC"))
-    exit_reason = pl.lit(None, pl.String)
-    for node_id, node in journey.nodes.items():
-        if isinstance(node, DelayNode):
-            due = (
-                pl.when(pl.col("node") == node_id)
-                .then(pl.lit(as_of + node.delay).dt.cast_time_unit("us"))
-                .otherwise(due)
-            )
-        elif isinstance(node, ExitNode):
-            exit_reason = pl.when(pl.col("node") == node_id).then(pl.lit(node.exit)).otherwise(exit_reason)
-    return instances.with_columns(
-        due.alias("due_at"),
-        exit_reason.alias("exit_reason"),
-        pl.when(exit_reason.is_not_null()).then(pl.lit("exited")).otherwise(pl.lit("active")).alias("status"),
-    )
-
-
-def _step(
-    journey: JourneyDefinition,
-    ready: pl.DataFrame,
-    *,
-    users: pl.LazyFrame,
-    behaviour: Behaviour,
-    memberships: dict[str, pl.Series],
-) -> pl.DataFrame:
-    """For each ready instance, the node it moves to (`next`) and why (`reason`)."""
-    branch_rules = [
-        case.when for node in journey.nodes.values() if isinstance(node, BranchNode) for case in node.branch
-    ]
-    frame = ready.lazy()
-    if branch_rules:
-        subjects = (
-            ready.lazy().join(users, on="user_id", how="left").with_columns(pl.col("instance_id").alias("subject_id"))
-        )
-        features = [feature for rule in branch_rules for feature in rule_features(rule)]
-        frame = with_features(subjects, features, behaviour)
-    next_node = pl.lit(None, pl.String)
-    reason = pl.lit(None, pl.String)
-    for node_id, node in journey.nodes.items():
-        at = pl.col("node") == node_id
-        match node:
-            case DelayNode():
-                next_node = pl.when(at).then(pl.lit(node.next)).otherwise(next_node)
-                reason = pl.when(at).then(pl.lit(f"waited {format_duration(node.delay)}")).otherwise(reason)
-            case SendNode():
-                next_node = pl.when(at).then(pl.lit(node.next)).otherwise(next_node)
-                reason = pl.when(at).then(pl.lit(f"planned {node.send.channel} {node.send.template}")).otherwise(reason)
-            case BranchNode():
-                chosen = pl.lit(node.otherwise)
-                why = pl.lit("otherwise")
-                for number, case in reversed(list(enumerate(node.branch, start=1))):
-                    holds = predicate(case.when, as_of=behaviour.as_of, memberships=memberships)
-                    chosen = pl.when(holds).then(pl.lit(case.next)).otherwise(chosen)
-                    held = f"case {number} held: {_describe(case.when)}"
-                    why = pl.when(holds).then(pl.lit(held)).otherwise(why)
-                next_node = pl.when(at).then(chosen).otherwise(next_node)
-                reason = pl.when(at).then(why).otherwise(reason)
+def _normalized(active: pl.DataFrame) -> pl.DataFrame:
+    """The active instances in the instance schema; rows written before a column existed read as its default."""
     return (
-        frame.with_columns(next_node.alias("next"), reason.alias("reason"))
-        .select([*INSTANCE_SCHEMA.names(), "next", "reason"])
-        .collect()
+        active.select(INSTANCE_SCHEMA.names())
+        .filter(pl.col("status") == "active")
+        .with_columns(pl.col("holdout").fill_null(False))
     )
 
 
-def _sends(journey: JourneyDefinition, step: pl.DataFrame) -> pl.DataFrame:
-    send_nodes = {node_id: node for node_id, node in journey.nodes.items() if isinstance(node, SendNode)}
-    at_send = step.filter(pl.col("node").is_in(list(send_nodes)))
-    channel = pl.lit(None, pl.String)
-    template = pl.lit(None, pl.String)
-    transactional = pl.lit(None, pl.Boolean)
-    for node_id, node in send_nodes.items():
-        at = pl.col("node") == node_id
-        channel = pl.when(at).then(pl.lit(node.send.channel)).otherwise(channel)
-        template = pl.when(at).then(pl.lit(node.send.template)).otherwise(template)
-        transactional = pl.when(at).then(pl.lit(node.send.transactional)).otherwise(transactional)
-    return at_send.select(
-        key_expr(pl.col("instance_id"), pl.col("steps") + 1, pl.col("node")).alias("send_key"),
-        "instance_id",
-        "journey",
-        "version",
-        "user_id",
-        "node",
-        channel.alias("channel"),
-        template.alias("template"),
-        transactional.alias("transactional"),
-        pl.lit(journey.priority, pl.Int64).alias("priority"),
-    )
+def _with_matches(state: pl.DataFrame, matches: pl.DataFrame) -> pl.DataFrame:
+    """The state with each instance's wait-for match (`matched_at`, `match_reason`), null where none."""
+    if matches.is_empty():
+        return state.with_columns(
+            pl.lit(None, dtype).alias(name) for name, dtype in MATCH_SCHEMA.items() if name != "instance_id"
+        )
+    return state.join(matches, on="instance_id", how="left")
 
 
-def _describe(rule: object) -> str:
-    """A rule in its YAML flow form, compact enough for a transition's reason."""
-    assert isinstance(rule, BaseModel)
-    return json.dumps(rule.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":"))
-
-
-def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
-    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+def _ready(journey: JourneyDefinition, as_of: object) -> pl.Expr:
+    """Active, not at an exit, and either not waiting or done waiting (elapsed, or the awaited thing came)."""
+    elapsed = (pl.col("due_at") <= as_of).fill_null(True)
+    waiting = pl.col("node").is_in(waiting_nodes(journey)) & ~elapsed & pl.col("matched_at").is_null()
+    return (pl.col("status") == "active") & ~pl.col("node").is_in(exit_nodes(journey)) & ~waiting

@@ -1,8 +1,9 @@
 """Deterministic identities, computed as Polars expressions for whole frames at once.
 
-A key is the hash of what makes a thing itself (a journey instance: journey, user and entry time; a send:
-instance, step and node), so a retried or replayed run derives the same keys and the database's unique
-constraints turn a second write into a no-op. Hashes are SHA-256 of a `|`-joined text, cut to 32 hex digits.
+A key is the hash of what makes a thing itself (a journey instance: journey, user, entry time and, for keyed
+event entries, the key; a send: instance, step and node), so a retried or replayed run derives the same keys and
+the database's unique constraints turn a second write into a no-op. Hashes are SHA-256 of a `|`-joined text, cut
+to 32 hex digits.
 """
 
 import hashlib

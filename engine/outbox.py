@@ -65,16 +65,19 @@ def plan_outbox(sends: pl.DataFrame, users: pl.LazyFrame, *, run_id: str, as_of:
     )
 
 
-def skip_suppressed(outbox: pl.DataFrame, channel: str, suppressed: set[str]) -> pl.DataFrame:
-    """Planned rows of `channel` to a suppressed address become skips: a bounce or unsubscribe is final."""
-    hit = (
-        (pl.col("status") == "planned")
-        & (pl.col("channel") == channel)
-        & pl.col("recipient").str.to_lowercase().is_in([address.lower() for address in suppressed])
-    )
+def skip_suppressed(
+    outbox: pl.DataFrame, channel: str, suppressed: set[str], reason: str = "suppressed"
+) -> pl.DataFrame:
+    """Planned rows of `channel` to a suppressed address become skips with `reason`: a bounce, an unsubscribe or
+    a token FCM called UNREGISTERED (reason "unregistered") is final. Emails match in any case, tokens exactly."""
+    if channel == "email":
+        hit_address = pl.col("recipient").str.to_lowercase().is_in([address.lower() for address in suppressed])
+    else:
+        hit_address = pl.col("recipient").is_in(list(suppressed))
+    hit = (pl.col("status") == "planned") & (pl.col("channel") == channel) & hit_address
     return outbox.with_columns(
         pl.when(hit).then(pl.lit("skipped")).otherwise(pl.col("status")).alias("status"),
-        pl.when(hit).then(pl.lit("suppressed")).otherwise(pl.col("reason")).alias("reason"),
+        pl.when(hit).then(pl.lit(reason)).otherwise(pl.col("reason")).alias("reason"),
     )
 
 

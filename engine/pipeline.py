@@ -5,6 +5,7 @@ processes) without passing frames between them; a dry run computes everything an
 """
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,11 +17,12 @@ from engine.db import upsert
 from engine.definition_checks import absent_attribute_columns, check_against_snapshot
 from engine.definitions import Definitions
 from engine.delivery_controls import apply_controls
-from engine.dispatch import DispatchCounts, dispatch_channel
+from engine.dispatch import DispatchCounts, Pace, dispatch_channel
+from engine.dispatch_policy import Clock, DispatchSettings
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
 from engine.journey_store import load_active, load_known, load_send_history, save_step
-from engine.journeys import SEND_SCHEMA, run_journey
+from engine.journeys import SEND_SCHEMA, run_journey, runs_live
 from engine.outbox import plan_outbox, skip_suppressed
 from engine.providers.factory import Senders
 from engine.python_segments import compute_python_memberships, dry_run
@@ -28,6 +30,7 @@ from engine.render import TemplateStore
 from engine.rollups import scan_rollups, update_rollups
 from engine.segments import MembershipStore, SegmentChange, compute_memberships, diff_memberships
 from engine.settings import EngineSettings
+from models.journeys import JourneyDefinition, SegmentEntry
 from models.tables import SegmentSize
 
 _SEGMENT_SIZES = SegmentSize.__table__  # type: ignore[attr-defined]
@@ -152,11 +155,11 @@ def advance_journeys(
     steps = {}
     with database.connect() as conn:
         for name, journey in sorted(definitions.journeys.items()):
-            if journey.status == "active":
+            if runs_live(journey):
                 steps[name] = run_journey(
                     journey,
                     definitions.journey_version(name),
-                    entered=changes[journey.entry.segment].entered,
+                    entered=_segment_entries(journey, changes),
                     known=load_known(conn, name),
                     active=load_active(conn, name),
                     users=users,
@@ -167,6 +170,8 @@ def advance_journeys(
         outbox = plan_outbox(sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
         emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
         outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
+        tokens = outbox.filter(pl.col("channel") == "push").get_column("recipient").drop_nulls().to_list()
+        outbox = skip_suppressed(outbox, "push", suppressed(conn, "push", tokens), reason="unregistered")
         history = load_send_history(conn, as_of=ctx.as_of)
     outbox = apply_controls(outbox, users=users, history=history, policy=definitions.delivery, as_of=ctx.as_of)
     summaries = []
@@ -179,13 +184,28 @@ def advance_journeys(
     return summaries
 
 
+def _segment_entries(journey: JourneyDefinition, changes: dict[str, SegmentChange]) -> pl.Series | None:
+    """Who entered a segment-entry journey's segment at this run; other entry kinds read events or members."""
+    return changes[journey.entry.segment].entered if isinstance(journey.entry, SegmentEntry) else None
+
+
 def dispatch(
-    ctx: RunContext, database: Engine, templates: TemplateStore, senders: Senders
+    ctx: RunContext,
+    database: Engine,
+    templates: TemplateStore,
+    senders: Senders,
+    *,
+    settings: DispatchSettings,
+    clock: Clock,
+    pacers: Mapping[str, Pace] | None = None,
 ) -> dict[str, DispatchCounts]:
-    """Send what is sendable in the outbox, email then push. Dry runs never get here: they build no senders."""
-    settings = ctx.settings
-    users = load_users(settings.snapshot, as_of=ctx.as_of).users.lazy()
-    behaviour = behaviour_at(settings, ctx.as_of)
+    """Send what is sendable in the outbox, email then push. Dry runs never get here: they build no senders.
+
+    A channel stopped by a configuration error does not stop the other; the caller decides how loudly to fail
+    (`engine.dispatch.raise_for_configuration`). `pacers` maps a channel to its pace before each wave.
+    """
+    users = load_users(ctx.settings.snapshot, as_of=ctx.as_of).users.lazy()
+    behaviour = behaviour_at(ctx.settings, ctx.as_of)
     channels = {"email": senders.email, "push": senders.push}
     return {
         channel: dispatch_channel(
@@ -196,6 +216,8 @@ def dispatch(
             users=users,
             templates=templates,
             sender=sender,
+            policy=settings.policy(channel, clock),
+            pace=(pacers or {}).get(channel),
         )
         for channel, sender in channels.items()
     }

@@ -1,7 +1,7 @@
 """The run history: which as_of each run served, what it saw, what it did, and how it ended."""
 
 import json
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +11,15 @@ from engine.db import upsert
 from models.tables import Run
 
 _RUNS = Run.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """A run that wrote live state (not a dry run): what backfills and replays plan around."""
+
+    run_id: str
+    as_of: datetime
+    status: str  # running | completed | failed
 
 
 def start_run(
@@ -68,6 +77,17 @@ def list_runs(database: Engine, *, limit: int = 20) -> list[dict[str, Any]]:
     with database.connect() as conn:
         rows = conn.execute(select(_RUNS).order_by(_RUNS.c.started_at.desc()).limit(limit)).mappings().all()
     return [dict(row) for row in rows]
+
+
+def live_runs(database: Engine) -> list[LiveRun]:
+    """Every non-dry run in as_of order, whatever its status: a failed run may have written part of its day."""
+    query = (
+        select(_RUNS.c.run_id, _RUNS.c.as_of, _RUNS.c.status)
+        .where(_RUNS.c.dry_run.is_(False))
+        .order_by(_RUNS.c.as_of, _RUNS.c.started_at, _RUNS.c.run_id)
+    )
+    with database.connect() as conn:
+        return [LiveRun(run_id, as_of, status) for run_id, as_of, status in conn.execute(query).all()]
 
 
 def _plain(value: Any) -> Any:

@@ -19,11 +19,19 @@ class EngineSettings(BaseSettings):
     database_url: str | None = None
     definitions_dir: Path = REPO_ROOT / "definitions"
     templates_dir: Path = REPO_ROOT / "templates"
+    # The Prefect global concurrency limit (one slot) held while a flow writes or sends outbox rows of a past or
+    # due window, so a live backfill and a scheduled dispatch never work on the same rows at once.
+    outbox_limit: str = "nudge-outbox"
 
     @property
     def store_dir(self) -> Path:
         """Derived data: normalized events, rollups, memberships, quarantine."""
         return self.home / "store"
+
+    @property
+    def replays_dir(self) -> Path:
+        """Shadow workspaces of dry-run replays, one folder each: never read by a live run."""
+        return self.home / "replays"
 
     @property
     def snapshot(self) -> Path:

@@ -30,6 +30,8 @@ class RunSummary:
             for outcome, count in counts.outcomes.items():
                 name = "sent" if outcome == "accepted" else outcome
                 totals[f"{channel}_{name}"] = totals.get(f"{channel}_{name}", 0) + count
+            if counts.possible_duplicates:
+                totals[f"{channel}_possible_duplicates"] = counts.possible_duplicates
         return dict(sorted(totals.items()))
 
     def counts(self) -> dict[str, object]:
@@ -78,12 +80,37 @@ class RunSummary:
                 messages.get(f"{channel}_{k}", 0) for k in ("planned", "held", "sent", "skipped", "failed", "retryable")
             ]
             lines.append(f"| {channel} | " + " | ".join(f"{c:,}" for c in cells) + " |")
-        if self.in_doubt:
-            lines += ["", f"**{self.in_doubt} message(s) in doubt**: claimed by an earlier run that never recorded"
-                      " an outcome; they are not re-sent automatically."]  # fmt: skip
+        lines += self._delivery_notes(messages)
         if self.warnings:
             lines += ["", "## Definition warnings", "", *(f"- {warning}" for warning in self.warnings)]
         return "\n".join(lines) + "\n"
+
+    def _delivery_notes(self, messages: dict[str, int]) -> list[str]:
+        """What an operator must know about this run's sends beyond the table: doubts, pauses, alerts."""
+        notes = []
+        for channel, counts in sorted(self.delivery.items()):
+            if counts.configuration_alert:
+                notes.append(
+                    f"**{channel} stopped by a configuration error**: {counts.configuration_alert}. Its"
+                    " unsent messages stay sendable; fix the credentials or project and run again."
+                )
+            if counts.paused_until:
+                notes.append(
+                    f"{channel} paused by the provider until {counts.paused_until.isoformat()}: the rest"
+                    " goes out in a later run."
+                )
+        duplicates = sum(messages.get(f"{channel}_possible_duplicates", 0) for channel in ("email", "push"))
+        if duplicates:
+            notes.append(
+                f"**{duplicates} possible duplicate(s)**: re-sent after a crash or timeout left their"
+                " first send's outcome unknown (dispatch policy `resend`)."
+            )
+        if self.in_doubt:
+            notes.append(
+                f"**{self.in_doubt} message(s) in doubt**: sent with no recorded outcome. Under `resend` a"
+                " later run sends them again once their mark is stale; under `hold` they wait for an operator."
+            )
+        return [line for note in notes for line in ("", note)]
 
 
 def _pairs(counts: dict[str, int]) -> str:

@@ -5,9 +5,11 @@ from uuid import uuid4
 
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun, State
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from engine.db import connect
+from engine.dispatch import DispatchCounts
 from engine.pipeline import RunContext, summarize_segments
 from engine.run_log import mark_failed
 from engine.settings import EngineSettings
@@ -16,6 +18,7 @@ from tasks.run import (
     check_definitions_task,
     count_in_doubt_task,
     dispatch_task,
+    ensure_outbox_limit_task,
     finish_run_task,
     ingest_task,
     journeys_task,
@@ -51,7 +54,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
     warnings = check_definitions_task(ctx, definitions)
     changes = segments_task(ctx, definitions)
     journeys = journeys_task(ctx, definitions, changes)
-    delivery = dispatch_task(ctx)
+    delivery = _dispatch(ctx)
     summary = RunSummary(
         run_id=ctx.run_id,
         as_of=as_of,
@@ -75,3 +78,12 @@ def _resolve_as_of(as_of: datetime | None) -> datetime:
     if chosen.tzinfo is None:
         chosen = chosen.replace(tzinfo=UTC)
     return datetime.fromtimestamp(chosen.timestamp(), UTC)
+
+
+def _dispatch(ctx: RunContext) -> dict[str, DispatchCounts]:
+    """Send under the outbox limit, so a live backfill marking a past window skipped never races a send of it."""
+    if ctx.dry_run:
+        return {}
+    ensure_outbox_limit_task(ctx.settings.outbox_limit)
+    with concurrency(ctx.settings.outbox_limit, occupy=1, strict=True):
+        return dispatch_task(ctx)

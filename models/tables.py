@@ -48,7 +48,8 @@ class SegmentSize(SQLModel, table=True):
 
 
 class JourneyInstance(SQLModel, table=True):
-    """One user's pass through one journey version: where they are and when they may move on."""
+    """One pass of a user (and, for keyed event entries, one key) through a journey: where it is, when it may
+    move on, and what it is part of (holdout, experiment arm); `version` is the version it entered on."""
 
     __tablename__ = "journey_instance"
     __table_args__ = (Index("ix_journey_instance_active", "journey", "status"),)
@@ -57,13 +58,17 @@ class JourneyInstance(SQLModel, table=True):
     journey: str
     version: str
     user_id: str = Field(index=True)
+    entry_key: str | None = None  # e.g. the cart_id of a keyed event entry
     entered_at: datetime = Field(sa_column=_utc())
     node: str
     node_entered_at: datetime = Field(sa_column=_utc())
-    due_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    due_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))  # a delay's end, a wait's deadline
     status: str = "active"
     exit_reason: str | None = None
     steps: int = 0
+    holdout: bool = False  # entered, and is sent nothing: the journey's control group
+    arm: str | None = None  # the last split arm taken
+    goal_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))  # the conversion that ended it
     run_id: str
 
 
@@ -75,6 +80,7 @@ class JourneyTransition(SQLModel, table=True):
     instance_id: str = Field(primary_key=True)
     step: int = Field(primary_key=True)
     journey: str = Field(index=True)
+    version: str | None = None  # the definition version that took the step
     user_id: str = Field(index=True)
     from_node: str | None = None
     to_node: str
@@ -86,12 +92,17 @@ class JourneyTransition(SQLModel, table=True):
 class OutboxMessage(SQLModel, table=True):
     """One message to one address, keyed by its send key: the ledger that makes each send happen once.
 
-    status: planned -> claimed (written before the provider call) -> accepted | failed | retryable;
-    or skipped at planning, with the reason.
+    status: planned -> claimed (taken by one dispatcher, rendered, not sent) -> sending (committed right before
+    its provider request) -> accepted | failed | retryable (again sendable at `next_attempt_at`); or skipped,
+    with the reason, at planning or when its recipient turns out dead. A row left `sending` has no known
+    outcome: `engine/dispatch_policy.py` says when it is sent again. `attempts` counts provider requests.
+    `engine/ledger.py` holds every transition.
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status", "status", "channel"),)
+    # Each kind of claimable row of a channel comes in send-key order without a sort. Channel first: an index
+    # led by status would tempt SQLite to scan every `claimed` row for a wave's update by send key.
+    __table_args__ = (Index("ix_outbox_claim", "channel", "status", "send_key"),)
 
     send_key: str = Field(primary_key=True)
     run_id: str = Field(index=True)
@@ -112,4 +123,23 @@ class OutboxMessage(SQLModel, table=True):
     provider_message_id: str | None = None
     error_code: str | None = None
     detail: str | None = None
-    dispatched_run_id: str | None = None
+    dispatched_run_id: str | None = None  # the run that last claimed it
+    claimed_by: str | None = None  # the dispatcher (one per channel and run) that holds the claim
+    sending_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))  # the last sending mark
+    next_attempt_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))  # when retryable again
+
+
+class ProviderPause(SQLModel, table=True):
+    """A provider asked us to wait: nothing goes out on `channel` before `until` (the dispatch clock, UTC).
+
+    Written from a rate limit's X-RateLimit-Reset or a Retry-After that concerns the whole account, so that a
+    rerun or a concurrent run waits as well as the run that was told; a longer wait extends it, a shorter one
+    never shortens it.
+    """
+
+    __tablename__ = "provider_pause"
+
+    channel: str = Field(primary_key=True)
+    until: datetime = Field(sa_column=_utc())
+    error_code: str
+    run_id: str

@@ -1,15 +1,20 @@
 """Prefect tasks for one engine run: each wires settings, database and providers around one plain step."""
 
+from contextlib import suppress
 from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from engine import pipeline
 from engine.db import connect
 from engine.definitions import Definitions, load_definitions
-from engine.dispatch import DispatchCounts, in_doubt
+from engine.dispatch import DispatchCounts, in_doubt, raise_for_configuration
+from engine.dispatch_policy import DispatchSettings, WallClock
 from engine.providers.factory import build_senders
 from engine.providers.settings import FcmSettings, SendGridSettings
 from engine.render import TemplateStore
@@ -17,6 +22,7 @@ from engine.run_log import finish_run, start_run
 from engine.segments import SegmentChange
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
+from tasks.pacing import provider_pacers
 
 
 @task(cache_policy=NO_CACHE)
@@ -67,12 +73,29 @@ def journeys_task(
 
 @task(cache_policy=NO_CACHE)
 def dispatch_task(ctx: pipeline.RunContext) -> dict[str, DispatchCounts]:
-    """Send through the configured providers; the ledger, not Prefect retries, makes sends happen once."""
+    """Send through the configured providers; the ledger, not Prefect retries, makes sends happen once.
+
+    Paced by the Prefect rate limits of `tasks/pacing.py` where they exist, on the wall clock. A provider that
+    refuses our credentials fails the task (after the other channel was sent) with a ConfigurationAlert.
+    """
     if ctx.dry_run:
         return {}
+    logger = get_run_logger()
     with build_senders(SendGridSettings(), FcmSettings()) as senders:
         templates = TemplateStore(ctx.settings.templates_dir)
-        return pipeline.dispatch(ctx, connect(ctx.settings.database), templates, senders)
+        counts = pipeline.dispatch(
+            ctx,
+            connect(ctx.settings.database),
+            templates,
+            senders,
+            settings=DispatchSettings(),
+            clock=WallClock(),
+            pacers=provider_pacers(logger),
+        )
+    for channel, channel_counts in counts.items():
+        logger.info("%s: %s", channel, channel_counts.as_dict())
+    raise_for_configuration(counts)
+    return counts
 
 
 @task(cache_policy=NO_CACHE)
@@ -102,3 +125,18 @@ def publish_artifacts_task(summary: RunSummary) -> None:
         table=[{"segment": s.name, "size": s.size, "entered": s.entered, "exited": s.exited} for s in summary.segments],
         description="Segment sizes and churn",
     )
+
+
+@task(cache_policy=NO_CACHE)
+def ensure_outbox_limit_task(name: str) -> None:
+    """Create the one-slot global concurrency limit guarding outbox windows, if no one has yet.
+
+    Created here rather than left to the operator: `concurrency(..., strict=True)` would otherwise refuse to
+    run, and a non-strict one would silently guard nothing. An existing limit is left as configured.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # created by a concurrent flow in between
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))

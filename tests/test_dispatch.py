@@ -1,44 +1,40 @@
-"""Dispatch from the outbox to the fake providers: outcomes recorded, retries bounded, nothing sent twice."""
+"""Dispatch from the outbox to the fake SendGrid: outcomes recorded, waits honoured, nothing sent twice unasked.
 
+`AS_OF`, `fakes`, `senders`, `database` and `dispatch(database, senders, run_id)` are also used by other modules.
+"""
+
+import math
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
-from sqlalchemy import Engine, select
+from pydantic import ValidationError
+from sqlalchemy import Engine
 
-from engine.behaviour import Behaviour
-from engine.db import connect, insert_new
-from engine.dispatch import DispatchPolicy, dispatch_channel, in_doubt
-from engine.fakes import FakeProviders
+from engine.dispatch import DispatchCounts, in_doubt
+from engine.dispatch_policy import DispatchPolicy, DispatchSettings
+from engine.fakes import FakeProviders, FakeSendGrid
 from engine.providers.factory import Senders, build_senders
 from engine.providers.settings import FcmSettings, SendGridSettings
-from engine.render import TemplateStore
-from engine.rollups import ROLLUP_SCHEMA
-from engine.settings import REPO_ROOT
-from models.tables import OutboxMessage
-
-AS_OF = datetime(2026, 10, 1, 6, tzinfo=UTC)
-OUTBOX = OutboxMessage.__table__
-USERS = pl.LazyFrame({"user_id": [f"u{i}" for i in range(6)], "first_name": ["Ada"] * 6})
-EVENTS = pl.LazyFrame(
-    {
-        "user_id": [f"u{i}" for i in range(6)],
-        "event": ["add_to_cart"] * 6,
-        "ts": [datetime(2026, 9, 30, 12, tzinfo=UTC)] * 6,
-        "value": [None] * 6,
-        "properties": ['{"cart_id":"c1","item_id":"sku-1","price":9.5}'] * 6,
-    },
-    schema_overrides={"ts": pl.Datetime("us", "UTC"), "value": pl.Float64},
+from tests.dispatch_world import (
+    AS_OF,
+    OUTBOX,
+    RecordingClock,
+    VirtualClock,
+    ledger,
+    outbox_database,
+    planned_rows,
+    sent_keys,
+    statuses,
 )
-BEHAVIOUR = Behaviour(AS_OF, EVENTS, pl.LazyFrame(schema=ROLLUP_SCHEMA))
+from tests.dispatch_world import dispatch as dispatch_with
 
-
-class Sleeps(list[float]):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
+__all__ = ["AS_OF", "database", "dispatch", "fakes", "senders"]
+KEYS = [f"key-{i}" for i in range(6)]
 
 
 @pytest.fixture
@@ -48,9 +44,14 @@ def fakes(tmp_path: Path) -> Iterator[FakeProviders]:
 
 
 @pytest.fixture
+def sendgrid(fakes: FakeProviders) -> FakeSendGrid:
+    return fakes.sendgrid
+
+
+@pytest.fixture
 def senders(fakes: FakeProviders) -> Iterator[Senders]:
     env = fakes.env()
-    sendgrid = SendGridSettings(api_key=env["NUDGE_SENDGRID_API_KEY"], host=env["NUDGE_SENDGRID_HOST"], timeout=2.0)
+    sendgrid = SendGridSettings(api_key=env["NUDGE_SENDGRID_API_KEY"], host=env["NUDGE_SENDGRID_HOST"], timeout=0.4)
     fcm = FcmSettings(
         service_account_file=Path(env["NUDGE_FCM_SERVICE_ACCOUNT_FILE"]), endpoint=env["NUDGE_FCM_ENDPOINT"]
     )
@@ -60,100 +61,179 @@ def senders(fakes: FakeProviders) -> Iterator[Senders]:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Engine:
-    engine = connect(f"sqlite:///{tmp_path / 'outbox.db'}")
-    rows = [
-        {
-            "send_key": f"key-{i}",
-            "run_id": "planner",
-            "as_of": AS_OF,
-            "journey": "abandoned_cart",
-            "journey_version": "v",
-            "node": "email_reminder",
-            "instance_id": f"i{i}",
-            "user_id": f"u{i}",
-            "channel": "email",
-            "template": "cart_reminder",
-            "recipient": f"u{i}@example.com",
-            "status": "planned",
-        }
-        for i in range(6)
-    ]
-    with engine.begin() as conn:
-        insert_new(conn, OUTBOX, rows)
-    return engine
+    """Six planned emails, key-0 to key-5, to u0@example.com .. u5@example.com."""
+    return outbox_database(tmp_path / "outbox.db", planned_rows("email", 6))
 
 
-def dispatch(database: Engine, senders: Senders, run_id: str, sleeps: Sleeps | None = None):
-    return dispatch_channel(
-        database,
-        channel="email",
-        run_id=run_id,
-        behaviour=BEHAVIOUR,
-        users=USERS,
-        templates=TemplateStore(REPO_ROOT / "templates"),
-        sender=senders.email,
-        policy=DispatchPolicy(batch_size=4, sleep=Sleeps() if sleeps is None else sleeps),
-    )
+def policy(clock: RecordingClock | VirtualClock | None = None, **changes: object) -> DispatchPolicy:
+    settings: dict[str, object] = {"batch_size": 4, "wave_size": 3, "backoff_seconds": 0.01} | changes
+    return DispatchPolicy(clock=clock or RecordingClock(), **settings)  # type: ignore[arg-type]
 
 
-def ledger(database: Engine) -> dict[str, tuple[str, int, str | None]]:
-    with database.connect() as conn:
-        rows = conn.execute(select(OUTBOX.c.send_key, OUTBOX.c.status, OUTBOX.c.attempts, OUTBOX.c.error_code))
-        return {key: (status, attempts, code) for key, status, attempts, code in rows}
+def dispatch(
+    database: Engine, senders: Senders, run_id: str, rule: DispatchPolicy | None = None, **kwargs: object
+) -> DispatchCounts:
+    """Dispatch the emails in batches of 4 and waves of 3, retrying after 10 ms unless `rule` says otherwise."""
+    return dispatch_with(database, "email", senders.email, rule or policy(), run_id, **kwargs)  # type: ignore[arg-type]
 
 
-def test_every_planned_message_is_sent_once_and_recorded(database, senders, fakes):
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def leave_a_crashed_send(database: Engine, key: str, *, status: str, seconds_ago: float) -> None:
+    """What a killed dispatcher leaves: a row it claimed, or marked sending, `seconds_ago`."""
+    marked_at = VirtualClock().now() - timedelta(seconds=seconds_ago)
+    attempts = 1 if status == "sending" else 0
+    with database.begin() as conn:
+        conn.execute(
+            OUTBOX.update()
+            .where(OUTBOX.c.send_key == key)
+            .values(status=status, claimed_by="gone:email:1", dispatched_run_id="gone", sending_at=marked_at,
+                    attempts=attempts)
+        )  # fmt: skip
+
+
+def test_every_planned_message_is_sent_once_and_recorded(database, senders, sendgrid):
     counts = dispatch(database, senders, "run-1")
     assert counts.as_dict() == {"claimed": 6, "accepted": 6}
-    assert {status for status, _, _ in ledger(database).values()} == {"accepted"}
-    bodies = [r.body for r in fakes.sendgrid.received("/v3/mail/send")]
-    assert sorted(b["personalizations"][0]["custom_args"]["send_key"] for b in bodies) == [f"key-{i}" for i in range(6)]
+    assert set(statuses(database).values()) == {"accepted"}
+    assert all(row["attempts"] == 1 and row["provider_message_id"] for row in ledger(database).values())
+    bodies = [r.body for r in sendgrid.received("/v3/mail/send")]
+    assert sorted(sent_keys(sendgrid)) == KEYS
     assert "sku-1" in bodies[0]["content"][1]["value"] or "sku-1" in bodies[0]["content"][0]["value"]
 
     assert dispatch(database, senders, "run-2").as_dict() == {"claimed": 0}
-    assert len(fakes.sendgrid.received("/v3/mail/send")) == 6
+    assert len(sendgrid.received("/v3/mail/send")) == 6
 
 
-def test_a_rate_limit_is_waited_out_and_the_message_retried(database, senders, fakes):
-    fakes.sendgrid.fail_next(429, count=1, reset_in=2.0)
-    sleeps = Sleeps()
-    counts = dispatch(database, senders, "run-1", sleeps)
-    assert counts.outcomes["accepted"] == 6 and counts.claimed == 7
-    assert len(sleeps) == 1 and 0.5 <= sleeps[0] <= 3.0, sleeps
-    assert sorted(attempts for _, attempts, _ in ledger(database).values()) == [1, 1, 1, 1, 1, 2]
+def test_each_wave_is_marked_sending_before_its_requests_and_the_rest_stays_claimed(database, senders, sendgrid):
+    sendgrid.hold_accepted(3)  # the first wave: accepted by the provider, answers not back yet
+    run = threading.Thread(target=dispatch, args=(database, senders, "run-1"))
+    run.start()
+    try:
+        wait_for(lambda: len(sendgrid.held()) == 3)
+        during = statuses(database)
+    finally:
+        sendgrid.release_held()
+        run.join()
+    assert len(sendgrid.held()) == 3
+    assert Counter(during.values()) == {"sending": 3, "claimed": 1, "planned": 2}, during
+    assert {key for key, status in during.items() if status == "sending"} == set(KEYS[:3])
+    assert set(statuses(database).values()) == {"accepted"}
 
 
-def test_a_rejected_message_fails_at_once_and_is_not_retried(database, senders, fakes):
-    fakes.sendgrid.fail_next(400, count=1)
+def test_a_rate_limit_holds_back_every_message_until_the_reset(database, senders, sendgrid):
+    sendgrid.fail_next(429, count=1, reset_in=0.3)
+    clock = RecordingClock()
+    counts = dispatch(database, senders, "run-1", policy(clock))
+    assert counts.outcomes == {"accepted": 6, "retryable": 1} and counts.claimed == 7
+    assert sorted(row["attempts"] for row in ledger(database).values()) == [1, 1, 1, 1, 1, 2]
+    assert sendgrid.early_requests() == []
+    requests = sendgrid.received("/v3/mail/send")
+    limited = next(r for r in requests if r.status == 429)
+    reset = math.ceil(limited.timestamp + 0.3)  # as the fake rounds X-RateLimit-Reset up
+    # The rest of the first wave was in flight with the 429; everything after it waited for the reset.
+    assert [r for r in requests if limited.timestamp + 0.1 < r.timestamp < reset] == []
+    assert len([r for r in requests if r.timestamp >= reset]) == 4  # the retry, the second wave, the next batch
+    assert len(clock.sleeps) >= 1 and 0 < sum(clock.sleeps) <= 1.5, clock.sleeps
+
+
+def test_a_rejected_message_fails_at_once_and_is_not_retried(database, senders, sendgrid):
+    sendgrid.fail_next(400, count=1)
     dispatch(database, senders, "run-1")
-    failed = [(attempts, code) for status, attempts, code in ledger(database).values() if status == "failed"]
+    failed = [(row["attempts"], row["error_code"]) for row in ledger(database).values() if row["status"] == "failed"]
     assert failed == [(1, "sendgrid_400")]
-    assert len(fakes.sendgrid.received("/v3/mail/send")) == 6
+    assert len(sendgrid.received("/v3/mail/send")) == 6
 
 
-def test_retries_stop_at_the_attempt_budget(database, senders, fakes):
-    fakes.sendgrid.fail_next(503, count=100)
-    dispatch(database, senders, "run-1")
-    assert {(status, attempts) for status, attempts, _ in ledger(database).values()} == {("failed", 3)}
-    assert len(fakes.sendgrid.received("/v3/mail/send")) == 18
+def test_retries_stop_at_the_attempt_budget(database, senders, sendgrid):
+    sendgrid.fail_next(503, count=100)
+    counts = dispatch(database, senders, "run-1", policy(max_attempts=3))
+    assert {(row["status"], row["attempts"]) for row in ledger(database).values()} == {("failed", 3)}
+    assert len(sendgrid.received("/v3/mail/send")) == 18
+    assert counts.outcomes == {"retryable": 12, "failed": 6}
 
 
-def test_two_concurrent_dispatchers_send_each_message_once(database, senders, fakes):
-    runs = [threading.Thread(target=dispatch, args=(database, senders, f"run-{i}")) for i in range(2)]
+def test_two_concurrent_dispatchers_send_each_message_once(database, senders, sendgrid):
+    runs = [
+        threading.Thread(target=dispatch, args=(database, senders, f"run-{i}", policy(batch_size=2, wave_size=1)))
+        for i in range(2)
+    ]
     for run in runs:
         run.start()
     for run in runs:
         run.join()
-    keys = [r.body["personalizations"][0]["custom_args"]["send_key"] for r in fakes.sendgrid.received("/v3/")]
-    assert sorted(keys) == [f"key-{i}" for i in range(6)]
+    assert sorted(sent_keys(sendgrid)) == KEYS
+    assert set(statuses(database).values()) == {"accepted"}
 
 
-def test_a_claim_left_by_a_crashed_run_is_in_doubt_and_never_resent(database, senders, fakes):
-    with database.begin() as conn:
-        conn.execute(
-            OUTBOX.update().where(OUTBOX.c.send_key == "key-0").values(status="claimed", dispatched_run_id="gone")
-        )
-    dispatch(database, senders, "run-1")
-    assert in_doubt(database, run_id="run-1") == 1
-    assert ledger(database)["key-0"][0] == "claimed"
-    assert len(fakes.sendgrid.received("/v3/mail/send")) == 5
+def test_rows_a_crashed_run_left_claimed_were_never_sent_and_go_out_once(database, senders, sendgrid):
+    for key in KEYS[:2]:
+        leave_a_crashed_send(database, key, status="claimed", seconds_ago=1)
+    counts = dispatch(database, senders, "run-1")
+    assert sorted(sent_keys(sendgrid)) == KEYS
+    assert counts.possible_duplicates == 0 and in_doubt(database, run_id="run-1") == 0
+
+
+def test_a_fresh_sending_mark_is_in_doubt_and_left_alone(database, senders, sendgrid):
+    """A mark younger than in_doubt_after may belong to a dispatcher still waiting for its provider."""
+    leave_a_crashed_send(database, "key-0", status="sending", seconds_ago=10)
+    counts = dispatch(database, senders, "run-1", policy(in_doubt_after_seconds=300))
+    assert sorted(sent_keys(sendgrid)) == KEYS[1:]
+    assert statuses(database)["key-0"] == "sending"
+    assert in_doubt(database, run_id="run-1") == 1 and counts.possible_duplicates == 0
+
+
+def test_under_resend_a_stale_sending_mark_is_sent_again_and_counted(database, senders, sendgrid):
+    leave_a_crashed_send(database, "key-0", status="sending", seconds_ago=301)
+    counts = dispatch(database, senders, "run-1", policy(in_doubt_after_seconds=300))
+    assert sorted(sent_keys(sendgrid)) == KEYS
+    row = ledger(database)["key-0"]
+    assert (row["status"], row["attempts"], row["error_code"]) == ("accepted", 2, None)
+    assert counts.possible_duplicates == 1 and counts.as_dict()["possible_duplicates"] == 1
+    assert in_doubt(database, run_id="run-1") == 0
+
+
+def test_under_hold_an_unknown_outcome_is_never_sent_again(database, senders, sendgrid):
+    leave_a_crashed_send(database, "key-0", status="sending", seconds_ago=86_400)
+    counts = dispatch(database, senders, "run-1", policy(in_doubt="hold"))
+    assert sorted(sent_keys(sendgrid)) == KEYS[1:]
+    assert statuses(database)["key-0"] == "sending"
+    assert in_doubt(database, run_id="run-1") == 1 and counts.possible_duplicates == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "sends_of_key", "status", "duplicates"), [("resend", 2, "accepted", 1), ("hold", 1, "sending", 0)]
+)
+def test_a_timeout_is_an_unknown_outcome_handled_by_the_policy(
+    database, senders, sendgrid, rule, sends_of_key, status, duplicates
+):
+    sendgrid.hang_next(1.0)  # past the client's 0.4 s timeout; the fake then accepts it anyway
+    counts = dispatch(database, senders, "run-1", policy(wave_size=1, in_doubt=rule))
+    wait_for(lambda: len(sendgrid.received("/v3/mail/send")) == 5 + sends_of_key)  # the hung answer comes last
+    assert Counter(sent_keys(sendgrid)) == {key: sends_of_key if key == "key-0" else 1 for key in KEYS}
+    assert statuses(database)["key-0"] == status
+    assert counts.possible_duplicates == duplicates
+    assert in_doubt(database, run_id="run-1") == (1 if rule == "hold" else 0)
+
+
+def test_pace_runs_before_each_wave_with_its_size(database, senders, sendgrid):
+    calls: list[tuple[int, int]] = []
+    dispatch(database, senders, "run-1", pace=lambda n: calls.append((n, len(sendgrid.received("/v3/mail/send")))))
+    assert calls == [(3, 0), (1, 3), (2, 4)]  # batches of 4 and 2, waves of at most 3
+
+
+def test_the_dispatch_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NUDGE_DISPATCH_IN_DOUBT", "hold")
+    monkeypatch.setenv("NUDGE_DISPATCH_PUSH_WAVE_SIZE", "50")
+    settings = DispatchSettings()
+    clock = RecordingClock()
+    assert (settings.policy("push", clock).in_doubt, settings.policy("push", clock).wave_size) == ("hold", 50)
+    assert settings.policy("email", clock).wave_size == 8
+    monkeypatch.setenv("NUDGE_DISPATCH_IN_DOUBT", "maybe")
+    with pytest.raises(ValidationError, match="in_doubt"):
+        DispatchSettings()

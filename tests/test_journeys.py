@@ -6,7 +6,7 @@ import polars as pl
 import yaml
 
 from engine.behaviour import Behaviour
-from engine.journeys import INSTANCE_SCHEMA, run_journey
+from engine.journeys import INSTANCE_SCHEMA, KNOWN_SCHEMA, run_journey
 from models.journeys import JourneyDefinition
 from tests.behaviours import behaviour_from_rows
 
@@ -37,7 +37,6 @@ nodes:
 """
     )
 )
-KNOWN = pl.DataFrame(schema={"user_id": pl.String, "status": pl.String, "instance_id": pl.String})
 USERS = pl.LazyFrame({"user_id": ["a", "b", "c"]})
 
 
@@ -53,7 +52,7 @@ class Simulation:
         self.sends: list[tuple[str, str, datetime]] = []
 
     def run(self, as_of: datetime, entered: list[str], purchases: dict[str, datetime]):
-        known = self.state.select("user_id", "status", "instance_id")
+        known = self.state.select(KNOWN_SCHEMA.names())
         new, result = run_journey(
             JOURNEY,
             "v1",

@@ -39,6 +39,7 @@ def instance(instance_id: str, user: str, entered: datetime) -> dict:
         "journey": "follow_up",
         "version": "v1",
         "user_id": user,
+        "entry_key": None,
         "entered_at": entered,
         "node": "check",
         "node_entered_at": entered,
@@ -46,6 +47,9 @@ def instance(instance_id: str, user: str, entered: datetime) -> dict:
         "status": "active",
         "exit_reason": None,
         "steps": 0,
+        "holdout": False,
+        "arm": None,
+        "goal_at": None,
     }
 
 

@@ -5,6 +5,11 @@ The fake generates an RSA key pair and writes a service-account JSON whose `toke
 against the public key and hands out a bearer token, which `messages:send` then requires. Errors use
 FCM v1's JSON shape, which firebase-admin turns into its typed exceptions (UnregisteredError,
 QuotaExceededError, ...): `{"error": {"code", "message", "status", "details": [FcmError]}}`.
+
+Scripting (`fail_next`, `hang_next`, `unregister`, `hold_accepted`) and seeded chaos (`set_chaos`) provoke the
+answers dispatch must handle. A Retry-After the fake returned is a promise the client must keep:
+`early_requests()` holds every send for the same message before its Retry-After passed, and, after UNAVAILABLE
+or INTERNAL (trouble of the whole service), every send once the answer is older than `early_grace`.
 """
 
 import base64
@@ -14,6 +19,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from engine.fakes.chaos import Chaos
 from engine.fakes.server import FakeServer, Reply, Request
 
 TOKEN_PATH = "/token"
@@ -60,6 +67,8 @@ _MAX_PAYLOAD_BYTES = 4096
 _MAX_COLLAPSE_ID_BYTES = 64
 _TTL = re.compile(r"\d+(\.\d{1,9})?s")
 _CLOCK_SKEW = 10.0
+# Errors about the service as a whole: their Retry-After applies to every message.
+_SERVICE_ERRORS = frozenset({"UNAVAILABLE", "INTERNAL"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,12 @@ class FakeFcm(FakeServer):
     Args:
         project_id: the project in the service account and the only one `messages:send` accepts.
         token_lifetime: seconds an issued access token stays valid.
+        early_grace: sends for other messages arriving this soon after an UNAVAILABLE or INTERNAL with
+            Retry-After are not counted as early; they were already in flight.
+        clock: epoch seconds, for arrivals and Retry-After deadlines (tokens expire on real time).
     """
+
+    send_path_prefix = "/v1/projects/"
 
     def __init__(
         self,
@@ -88,8 +102,15 @@ class FakeFcm(FakeServer):
         port: int = 0,
         record_file: Path | None = None,
         token_lifetime: int = 3600,
+        early_grace: float = 0.25,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(port, record_file)
+        super().__init__(port, record_file, clock)
+        self._early_grace = early_grace
+        self._chaos: Chaos | None = None
+        self._early: list[Request] = []
+        self._retry_at: dict[str, float] = {}  # message identity -> the end of the Retry-After it was given
+        self._service_retry: tuple[float, float] = (0.0, 0.0)  # (when answered, until) for the whole service
         self.project_id = project_id
         self.client_email = f"nudge-fake@{project_id}.iam.gserviceaccount.com"
         self._token_lifetime = token_lifetime
@@ -142,6 +163,17 @@ class FakeFcm(FakeServer):
         with self._state:
             self._script.extend(_Hang(seconds) for _ in range(count))
 
+    def set_chaos(self, chaos: Chaos | None) -> None:
+        """Inject seeded faults into unscripted sends: QUOTA_EXCEEDED or UNAVAILABLE with Retry-After
+        `wait_seconds`, or a hang."""
+        with self._state:
+            self._chaos = chaos
+
+    def early_requests(self) -> list[Request]:
+        """Sends that arrived before a Retry-After the fake had returned was over (see the module docstring)."""
+        with self._state:
+            return list(self._early)
+
     def sent_messages(self) -> list[dict[str, Any]]:
         """The `message` objects of accepted sends, oldest first."""
         return [
@@ -160,13 +192,45 @@ class FakeFcm(FakeServer):
             return _error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         if match["project"] != self.project_id:
             return _error(403, "PERMISSION_DENIED", f"Permission denied on project {match['project']}.")
+        identity = _identity(request.body)
         with self._state:
+            self._note_if_early(request, identity)
             scripted = self._script.popleft() if self._script else None
+        scripted = scripted or self._chaos_answer(identity)
         if isinstance(scripted, _Hang):
             self.pause(scripted.seconds)
         elif scripted is not None:
+            self._promise(scripted, request.timestamp, identity)
             return _fcm_error(scripted.code, f"scripted {scripted.code}", retry_after=scripted.retry_after)
         return self._send(request.body)
+
+    def _note_if_early(self, request: Request, identity: str) -> None:
+        now = request.timestamp
+        answered, until = self._service_retry
+        if answered + self._early_grace < now < until or now < self._retry_at.get(identity, 0.0):
+            self._early.append(request)
+
+    def _promise(self, failure: _Failure, now: float, identity: str) -> None:
+        """Remember the Retry-After sent with `failure`, as the header carries it (whole seconds)."""
+        if failure.retry_after is None:
+            return
+        until = now + round(failure.retry_after)
+        with self._state:
+            self._retry_at[identity] = max(self._retry_at.get(identity, 0.0), until)
+            if failure.code in _SERVICE_ERRORS:
+                self._service_retry = (now, max(self._service_retry[1], until))
+
+    def _chaos_answer(self, identity: str) -> _Failure | _Hang | None:
+        with self._state:
+            chaos = self._chaos
+        fault = chaos.fault_for(identity) if chaos is not None else None
+        if fault is None or chaos is None:
+            return None
+        if fault == "rate_limited":
+            return _Failure("QUOTA_EXCEEDED", chaos.wait_seconds)
+        if fault == "unavailable":
+            return _Failure("UNAVAILABLE", chaos.wait_seconds)
+        return _Hang(chaos.hang_seconds)
 
     def _grant(self, request: Request) -> Reply:
         """OAuth 2.0 JWT-bearer grant (RFC 7523), as Google's token endpoint implements it."""
@@ -230,6 +294,16 @@ class FakeFcm(FakeServer):
             return Reply(200, {"name": f"projects/{self.project_id}/messages/fake_message_id"})
         message_id = f"0:{time.time_ns() // 1000}%{secrets.token_hex(8)}"
         return Reply(200, {"name": f"projects/{self.project_id}/messages/{message_id}"})
+
+
+def _identity(body: Any) -> str:
+    """What makes two sends the same message: nudge's send key in the data, else the target."""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, dict):
+        return ""
+    data = message.get("data")
+    key = data.get("send_key") if isinstance(data, dict) else None
+    return str(key or message.get("token") or message.get("fid") or "")
 
 
 def _violation(message: dict[str, Any]) -> tuple[str, str] | None:

@@ -1,8 +1,10 @@
 """A loopback SendGrid: POST /v3/mail/send with SendGrid's auth, validation, errors and rate limits.
 
-Scripting (`fail_next`, `hang_next`, `rate_limit`, `bounce`) lets tests provoke every answer the
-delivery layer must handle. Requests that arrive while a previously returned X-RateLimit-Reset is still
-in the future are kept in `early_requests()`: a well-behaved client never sends those.
+Scripting (`fail_next`, `hang_next`, `rate_limit`, `bounce`, `hold_accepted`) and seeded chaos
+(`set_chaos`) let tests provoke every answer the delivery layer must handle. Requests that arrive while a
+previously returned X-RateLimit-Reset is still in the future are kept in `early_requests()`: any request
+once the 429 is older than `early_grace` (requests sent before it was answered are still arriving then),
+and any request for a send key before the reset returned to that same key. A well-behaved client sends none.
 
 Like SendGrid's Signed Event Webhook, the fake holds an ECDSA P-256 key pair: `webhook_events_for` makes
 realistic events for the mail it accepted and `signed_webhook_batch` signs a batch the way SendGrid does, for
@@ -18,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhookHeader
 
+from engine.fakes.chaos import Chaos
 from engine.fakes.server import FakeServer, Reply, Request
 
 MAIL_SEND_PATH = "/v3/mail/send"
@@ -76,9 +79,12 @@ class FakeSendGrid(FakeServer):
         api_key: the only key accepted as `Authorization: Bearer <key>`.
         rate_limit: (requests, window seconds): beyond that many requests in a fixed window the fake
             answers 429 on its own, with X-RateLimit-Reset at the window's end.
-        early_grace: requests arriving this soon after a 429 are not counted as early; they were
-            already in flight when the client got the 429.
+        early_grace: requests for other send keys arriving this soon after a 429 are not counted as early;
+            they were already in flight when the client got the 429.
+        clock: epoch seconds, for arrivals and rate-limit resets.
     """
+
+    send_path_prefix = MAIL_SEND_PATH
 
     def __init__(
         self,
@@ -88,9 +94,12 @@ class FakeSendGrid(FakeServer):
         record_file: Path | None = None,
         rate_limit: tuple[int, float] | None = None,
         early_grace: float = 0.25,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(port, record_file)
+        super().__init__(port, record_file, clock)
         self.api_key = api_key
+        self._chaos: Chaos | None = None
+        self._key_resets: dict[str, float] = {}  # send key -> the X-RateLimit-Reset last returned to it
         self._rate_limit = rate_limit
         self._early_grace = early_grace
         self._script: deque[_Failure | _Hang] = deque()
@@ -118,6 +127,11 @@ class FakeSendGrid(FakeServer):
         with self._state:
             self._script.extend(_Hang(seconds) for _ in range(count))
 
+    def set_chaos(self, chaos: Chaos | None) -> None:
+        """Inject seeded faults into unscripted sends: 429 (reset `wait_seconds` ahead), 503, or a hang."""
+        with self._state:
+            self._chaos = chaos
+
     def bounce(self, *addresses: str) -> None:
         """Accept mail to these addresses (202, like SendGrid) but record a bounce event for each."""
         with self._state:
@@ -142,11 +156,13 @@ class FakeSendGrid(FakeServer):
             return _errors(405, [(None, "method not allowed")])
         if request.header("Authorization") != f"Bearer {self.api_key}":
             return _errors(401, [(None, "The provided authorization grant is invalid, expired, or revoked")])
-        admission = self._admit(request)
-        if isinstance(admission.scripted, _Hang):
-            self.pause(admission.scripted.seconds)
-        elif admission.scripted is not None:
-            return self._failure(admission.scripted, request.timestamp)
+        identity = _send_key(request.body)
+        admission = self._admit(request, identity)
+        scripted = admission.scripted or self._chaos_answer(identity)
+        if isinstance(scripted, _Hang):
+            self.pause(scripted.seconds)
+        elif scripted is not None:
+            return self._failure(scripted, request.timestamp, identity)
         if admission.over_limit:
             return _too_many(admission.rate_headers)
         problems = validate_mail(request.body)
@@ -154,11 +170,13 @@ class FakeSendGrid(FakeServer):
             return _errors(400, problems)
         return self._accept(request.body, admission.rate_headers)
 
-    def _admit(self, request: Request) -> _Admission:
+    def _admit(self, request: Request, identity: str | None) -> _Admission:
         """Note an early arrival, count the request in its rate window, and take the next scripted answer."""
         now = request.timestamp
         with self._state:
-            if self._limited_at + self._early_grace < now < self._limited_until:
+            if (self._limited_at + self._early_grace < now < self._limited_until) or (
+                identity is not None and now < self._key_resets.get(identity, 0.0)
+            ):
                 self._early.append(request)
             scripted = self._script.popleft() if self._script else None
             if self._rate_limit is None:
@@ -169,7 +187,7 @@ class FakeSendGrid(FakeServer):
             self._window = (start, count)
             reset = math.ceil(start + window)
             if count > limit:
-                self._note_limited(now, reset)
+                self._note_limited(now, reset, identity)
             headers = {
                 "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": str(max(limit - count, 0)),
@@ -177,16 +195,30 @@ class FakeSendGrid(FakeServer):
             }
             return _Admission(scripted, headers, over_limit=count > limit)
 
-    def _note_limited(self, now: float, reset: float) -> None:
+    def _note_limited(self, now: float, reset: float, identity: str | None) -> None:
         self._limited_at = now
         self._limited_until = max(self._limited_until, reset)
+        if identity is not None:
+            self._key_resets[identity] = max(self._key_resets.get(identity, 0.0), reset)
 
-    def _failure(self, failure: _Failure, now: float) -> Reply:
+    def _chaos_answer(self, identity: str | None) -> _Failure | _Hang | None:
+        with self._state:
+            chaos = self._chaos
+        fault = chaos.fault_for(identity or "") if chaos is not None else None
+        if fault is None or chaos is None:
+            return None
+        if fault == "rate_limited":
+            return _Failure(429, chaos.wait_seconds)
+        if fault == "unavailable":
+            return _Failure(503, 0.0)
+        return _Hang(chaos.hang_seconds)
+
+    def _failure(self, failure: _Failure, now: float, identity: str | None) -> Reply:
         if failure.status != 429:
             return _errors(failure.status, [(None, f"scripted failure {failure.status}")])
         reset = math.ceil(now + failure.reset_in)
         with self._state:
-            self._note_limited(now, reset)
+            self._note_limited(now, reset, identity)
         limit = str(self._rate_limit[0]) if self._rate_limit else "600"
         return _too_many({"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
 
@@ -418,6 +450,15 @@ def _content_problems(content: Any, has_template: bool) -> list[Problem]:
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value).encode())
+
+
+def _send_key(body: Any) -> str | None:
+    """The send key nudge puts in a request's first personalization, if any."""
+    try:
+        key = body["personalizations"][0]["custom_args"]["send_key"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def _too_many(headers: dict[str, str]) -> Reply:

@@ -8,7 +8,7 @@ real SDKs put on the wire; `GET /_fake/requests` serves the same record to anoth
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,11 +65,22 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeServer:
-    """Serves `handle` on 127.0.0.1 from a daemon thread; start()/stop() or use as a context manager."""
+    """Serves `handle` on 127.0.0.1 from a daemon thread; start()/stop() or use as a context manager.
 
-    def __init__(self, port: int = 0, record_file: Path | None = None) -> None:
+    `clock` (epoch seconds) stamps each request's arrival; a test may share it with the code under test.
+    """
+
+    # Where the provider's sends arrive: what `hold_accepted` holds.
+    send_path_prefix = "/"
+
+    def __init__(self, port: int = 0, record_file: Path | None = None, clock: Callable[[], float] = time.time) -> None:
         self._port = port
         self._record_file = record_file
+        self.clock = clock
+        self._hold_skip = 0
+        self._hold_left = 0
+        self._held: list[Request] = []
+        self._released = threading.Event()
         self._records: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -107,6 +118,7 @@ class FakeServer:
         if self._server is None:
             return
         self._stopping.set()
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -135,6 +147,39 @@ class FakeServer:
     def pause(self, seconds: float) -> None:
         """Sleep inside a handler, as a hung provider would, unless the fake is being stopped."""
         self._stopping.wait(seconds)
+
+    def hold_accepted(self, count: int, *, skip: int = 0) -> None:
+        """Let `skip` accepted (2xx) sends through, then record the next `count` but hold their answers.
+
+        The provider has taken those messages and the client does not know yet: the moment a crash makes a
+        send's outcome unknown. Answers go out on `release_held()` or `stop()`.
+        """
+        with self._lock:
+            self._hold_skip, self._hold_left = skip, count
+            self._held.clear()
+            self._released.clear()
+
+    def held(self) -> list[Request]:
+        """The accepted sends whose answers are being held."""
+        with self._lock:
+            return list(self._held)
+
+    def release_held(self) -> None:
+        """Send the held answers (to whoever is still listening)."""
+        self._released.set()
+
+    def _hold_if_asked(self, request: Request, reply: Reply) -> None:
+        if not (200 <= reply.status < 300 and request.path.startswith(self.send_path_prefix)):
+            return
+        with self._lock:
+            if self._hold_skip > 0:
+                self._hold_skip -= 1
+                return
+            if self._hold_left <= 0:
+                return
+            self._hold_left -= 1
+            self._held.append(request)
+        self._released.wait()
 
     def _record(self, request: Request, status: int) -> None:
         record = RecordedRequest(
@@ -173,7 +218,7 @@ def _handler_for(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             """Quiet: every request is recorded instead."""
 
         def _dispatch(self) -> None:
-            arrived = time.time()
+            arrived = fake.clock()
             url = urlsplit(self.path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             request = Request(
@@ -189,6 +234,7 @@ def _handler_for(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return
             reply = fake.handle(request)
             fake._record(request, reply.status)
+            fake._hold_if_asked(request, reply)
             self._write(reply)
 
         def _write(self, reply: Reply) -> None:

@@ -20,11 +20,14 @@ from urllib3.util.retry import Retry
 
 FCM_BASE_URL = "https://fcm.googleapis.com"
 
-# The SDK's own policy (4 retries of 500/503 with 0.5 s exponential backoff, one retry of connection
-# and read errors) minus one thing: urllib3 obeys Retry-After on 429 and 503 by sleeping in the sending
-# thread, up to six hours per attempt. We want those answers back at once, as retryable outcomes with
-# their retry_after, so that the delivery layer schedules the retry instead of a batch blocking.
-DEFAULT_RETRIES = _http_client.DEFAULT_RETRY_CONFIG.new(respect_retry_after_header=False)
+# The SDK's own policy (4 retries of 500/503 with 0.5 s backoff, one retry of connection and read errors) minus
+# what would break the outbox ledger's promises: a resend after a read timeout can duplicate a push the ledger
+# never hears of, a quick 5xx resend ignores Retry-After, and urllib3 sleeps in the sending thread on Retry-After
+# (up to hours). Those answers come back at once as retryable outcomes; the ledger schedules the retry. Only
+# connection errors, where the request never left, are still retried here.
+DEFAULT_RETRIES = _http_client.DEFAULT_RETRY_CONFIG.new(
+    respect_retry_after_header=False, read=0, status_forcelist=frozenset()
+)
 
 # Connections kept per host; the SDK sizes its pool like this for fcm.googleapis.com only, and
 # send_each opens one request per message on up to 500 threads.
