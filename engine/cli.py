@@ -76,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     path.add_argument("--journey")
     path.set_defaults(handler=_path)
 
+    simulate = commands.add_parser(
+        "simulate", help="run a journey (a draft too) over past days in isolation: entries, nodes, messages"
+    )
+    simulate.add_argument("name", help="the journey's name in the definitions")
+    simulate.add_argument("--start", type=date.fromisoformat, required=True, help="first day, UTC (YYYY-MM-DD)")
+    simulate.add_argument("--end", type=date.fromisoformat, required=True, help="last day, inclusive")
+    simulate.add_argument("--at", type=time.fromisoformat, default=time(6), help="time of day of each run, UTC (06:00)")
+    simulate.set_defaults(handler=_simulate)
+
     args = parser.parse_args(argv)
     args.handler(args)
 
@@ -235,6 +244,24 @@ class _providers:
     def __exit__(self, *_exc: object) -> None:
         if self.fakes is not None:
             self.fakes.stop()
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from engine.settings import EngineSettings
+    from engine.simulate import simulate
+
+    report = simulate(args.name, args.start, args.end, settings=EngineSettings(), at=args.at)
+    print(f"journey {report.journey} (version {report.version}), {len(report.as_ofs)} daily runs, nothing live touched")
+    print(f"entries: {report.entries:,}  goal conversions: {report.goal_conversions:,}")
+    print(f"messages that would have gone out: {_compact(report.messages_per_channel)}")
+    for day, entered in report.entries_per_day.items():
+        counts = report.node_counts.filter(pl.col("as_of").dt.date() == day)
+        at_nodes = {
+            f"{node}/{status}": n for node, status, n in counts.select("node", "status", "instances").iter_rows()
+        }
+        print(f"{day}: entered {entered:,}; {_compact(at_nodes)}")
 
 
 def _configure_local_prefect(prefect_home: Path) -> None:
