@@ -73,8 +73,8 @@ def planned_rows(channel: str, count: int, recipients: dict[int, str] | None = N
     ]
 
 
-def outbox_database(path: Path, rows: list[dict[str, Any]]) -> Engine:
-    engine = connect(f"sqlite:///{path}")
+def outbox_database(url: str, rows: list[dict[str, Any]]) -> Engine:
+    engine = connect(url)
     with engine.begin() as conn:
         insert_new(conn, OUTBOX, rows)
     return engine

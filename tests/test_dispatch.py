@@ -60,9 +60,9 @@ def senders(fakes: FakeProviders) -> Iterator[Senders]:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Engine:
-    """Six planned emails, key-0 to key-5, to u0@example.com .. u5@example.com."""
-    return outbox_database(tmp_path / "outbox.db", planned_rows("email", 6))
+def database(database_url: str) -> Engine:
+    """Six planned emails, key-0 to key-5, to u0@example.com .. u5@example.com, on SQLite and on PostgreSQL."""
+    return outbox_database(database_url, planned_rows("email", 6))
 
 
 def policy(clock: RecordingClock | VirtualClock | None = None, **changes: object) -> DispatchPolicy:

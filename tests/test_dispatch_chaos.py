@@ -54,7 +54,7 @@ def faults(chaos: Chaos) -> Counter[str]:
 
 
 def test_sendgrid_chaos_settles_with_nothing_early_lost_or_silently_duplicated(tmp_path: Path):
-    database = outbox_database(tmp_path / "o.db", planned_rows("email", MESSAGES))
+    database = outbox_database(f"sqlite:///{tmp_path / 'o.db'}", planned_rows("email", MESSAGES))
     chaos = Chaos(11, rate_limited=0.1, unavailable=0.1, hang=0.05, wait_seconds=0.2, hang_seconds=0.6)
     clock = RecordingClock()
     policy = DispatchPolicy(
@@ -85,7 +85,7 @@ def test_sendgrid_chaos_settles_with_nothing_early_lost_or_silently_duplicated(t
 
 def test_fcm_chaos_settles_with_dead_tokens_buried_and_nothing_early(tmp_path: Path):
     database = outbox_database(
-        tmp_path / "o.db", planned_rows("push", MESSAGES, recipients={5: DEAD, 20: DEAD, 35: DEAD})
+        f"sqlite:///{tmp_path / 'o.db'}", planned_rows("push", MESSAGES, recipients={5: DEAD, 20: DEAD, 35: DEAD})
     )
     chaos = Chaos(5, rate_limited=0.1, unavailable=0.1, hang=0.05, wait_seconds=2, hang_seconds=0.6)
     clock = VirtualClock()

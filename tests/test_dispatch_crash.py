@@ -53,7 +53,7 @@ def key_of(body: Any) -> str:
 @pytest.mark.parametrize("channel", ["email", "push"])
 def test_a_kill_after_the_providers_2xx_duplicates_only_the_wave_in_flight(tmp_path: Path, channel: str):
     database_file = tmp_path / "outbox.db"
-    database = outbox_database(database_file, planned_rows(channel, MESSAGES))
+    database = outbox_database(f"sqlite:///{database_file}", planned_rows(channel, MESSAGES))
     fake: FakeSendGrid | FakeFcm = FakeSendGrid() if channel == "email" else FakeFcm()
     with fake:
         config: dict[str, str | int] = {"database": str(database_file), "channel": channel, "run_id": "doomed",

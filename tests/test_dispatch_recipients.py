@@ -57,7 +57,8 @@ def rows_to_dead_token(database: Engine) -> dict[str, tuple[str, str | None, str
 
 
 def test_an_unregistered_token_is_buried_and_its_other_messages_skipped_in_the_same_run(tmp_path, sender, fcm):
-    database = outbox_database(tmp_path / "o.db", planned_rows("push", 6, recipients={0: DEAD, 3: DEAD, 5: DEAD}))
+    rows = planned_rows("push", 6, recipients={0: DEAD, 3: DEAD, 5: DEAD})
+    database = outbox_database(f"sqlite:///{tmp_path / 'o.db'}", rows)
     fcm.unregister(DEAD)
     counts = dispatch(database, "push", sender, policy())
     assert rows_to_dead_token(database) == {
@@ -74,7 +75,7 @@ def test_an_unregistered_token_is_buried_and_its_other_messages_skipped_in_the_s
 
 
 def test_a_buried_token_is_never_sent_to_again(tmp_path, sender, fcm):
-    database = outbox_database(tmp_path / "o.db", planned_rows("push", 2, recipients={0: DEAD}))
+    database = outbox_database(f"sqlite:///{tmp_path / 'o.db'}", planned_rows("push", 2, recipients={0: DEAD}))
     fcm.unregister(DEAD)
     dispatch(database, "push", sender, policy())
     later = planned_rows("push", 3, recipients={2: DEAD})[2] | {"send_key": "later-to-dead", "run_id": "next"}
@@ -100,7 +101,7 @@ def test_a_buried_token_is_never_sent_to_again(tmp_path, sender, fcm):
 def test_a_configuration_error_stops_the_channel_and_leaves_every_message_sendable(
     tmp_path, sender, fcm, code, answers
 ):
-    database = outbox_database(tmp_path / "o.db", planned_rows("push", 6))
+    database = outbox_database(f"sqlite:///{tmp_path / 'o.db'}", planned_rows("push", 6))
     fcm.fail_next(code, count=answers)
     counts = dispatch(database, "push", sender, DispatchPolicy(clock=RecordingClock(), wave_size=1))
     assert counts.configuration_alert is not None and counts.configuration_alert.startswith(code)
@@ -120,7 +121,7 @@ def test_a_configuration_error_stops_the_channel_and_leaves_every_message_sendab
 
 
 def test_a_refused_sendgrid_key_is_a_configuration_alert_and_fails_nothing(tmp_path):
-    database = outbox_database(tmp_path / "o.db", planned_rows("email", 4))
+    database = outbox_database(f"sqlite:///{tmp_path / 'o.db'}", planned_rows("email", 4))
     with FakeSendGrid(api_key="SG.the-right-key") as fake:
         wrong = SendGridEmailSender("SG.an-old-key", fake.url, "hello@example.com", None, timeout=2.0)
         try:

@@ -48,7 +48,7 @@ def sender(fcm: FakeFcm, tmp_path: Path) -> Iterator[FcmPushSender]:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Engine:
-    return outbox_database(tmp_path / "outbox.db", planned_rows("push", 6))
+    return outbox_database(f"sqlite:///{tmp_path / 'outbox.db'}", planned_rows("push", 6))
 
 
 def policy(clock: VirtualClock, **changes: object) -> DispatchPolicy:
@@ -76,7 +76,7 @@ def test_a_retryable_message_is_not_claimed_before_its_next_attempt(database, se
 
 
 def test_without_a_provider_wait_the_backoff_doubles_with_each_attempt(tmp_path, sender, fcm, clock):
-    database = outbox_database(tmp_path / "one.db", planned_rows("push", 1))
+    database = outbox_database(f"sqlite:///{tmp_path / 'one.db'}", planned_rows("push", 1))
     fcm.fail_next("UNAVAILABLE", count=3)  # no Retry-After
     rule = policy(clock, wave_size=1, backoff_seconds=2.0, max_wait_seconds=0.0)
     waits = []

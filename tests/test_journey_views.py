@@ -1,7 +1,6 @@
 """Operator views over persisted journey state: where users are, arrivals per day, one user's path."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import polars as pl
 
@@ -13,8 +12,8 @@ from tests.journey_harness import Runner, behaviour, journey
 from tests.test_journeys import JOURNEY, T0, USERS, behaviour_at
 
 
-def test_views_follow_what_the_runs_wrote(tmp_path: Path):
-    database = connect(f"sqlite:///{tmp_path / 'state.db'}")
+def test_views_follow_what_the_runs_wrote(database_url: str):
+    database = connect(database_url)
     purchases = {"a": T0 + timedelta(hours=30)}
     for day, entered in ((0, ["a", "b"]), (1, []), (3, [])):
         as_of = T0 + timedelta(days=day)
@@ -65,8 +64,8 @@ nodes:
 )
 
 
-def test_state_round_trips_through_the_database_and_conversions_compare_holdout_and_arms(tmp_path: Path):
-    database = connect(f"sqlite:///{tmp_path / 'state.db'}")
+def test_state_round_trips_through_the_database_and_conversions_compare_holdout_and_arms(database_url: str):
+    database = connect(database_url)
     users = [f"u{i:02d}" for i in range(60)]
     events = [(user, "add_to_cart", T0 - timedelta(hours=1), {"cart_id": f"{user}-c"}) for user in users]
     events += [(user, "purchase", T0 + timedelta(hours=2), {"cart_id": f"{user}-c"}) for user in users[:20]]
