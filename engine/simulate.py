@@ -75,6 +75,29 @@ class SimulationReport:
     messages: pl.DataFrame
     transitions: pl.DataFrame
 
+    def markdown(self) -> str:
+        """The report for a person: totals first, then one line per simulated day."""
+        first, last = self.as_ofs[0].date(), self.as_ofs[-1].date()
+        channels = ", ".join(f"{n:,} {channel}" for channel, n in sorted(self.messages_per_channel.items()))
+        lines = [
+            f"# Simulation of {self.journey} ({first} to {last})",
+            "",
+            f"Version `{self.version[:12]}`, {len(self.as_ofs)} daily runs, nothing live touched or sent.",
+            "",
+            f"- Entries: {self.entries:,}",
+            f"- Goal conversions: {self.goal_conversions:,}",
+            f"- Messages that would have gone out: {channels or 'none'}",
+            "",
+            "| day | entered | where instances were after the run |",
+            "|---|---:|---|",
+        ]
+        for day, entered in self.entries_per_day.items():
+            counts = self.node_counts.filter(pl.col("as_of").dt.date() == day) if self.node_counts.width else None
+            rows = counts.select("node", "status", "instances").iter_rows() if counts is not None else ()
+            where = ", ".join(f"{node}/{status}: {n:,}" for node, status, n in rows)
+            lines.append(f"| {day} | {entered:,} | {where} |")
+        return "\n".join(lines) + "\n"
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SimulationReport):
             return NotImplemented

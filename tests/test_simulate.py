@@ -74,3 +74,23 @@ def test_the_cli_prints_a_simulation(live: EngineSettings, monkeypatch: pytest.M
     shown = capsys.readouterr().out
     assert "journey cart_recovery" in shown and "entries:" in shown and f"{DAYS[1]}: entered" in shown
     assert listing(live.home) == before
+
+
+def test_the_simulation_flow_publishes_the_report(prefect_harness, live: EngineSettings, reports):
+    """The deployment's flow: the same report as the plain function, and an artifact a person can read."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.simulate import simulate_journey
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NUDGE_HOME", str(live.home))
+        report = simulate_journey(journey="cart_recovery", start=DAYS[0], end=DAYS[1])
+
+    assert report == reports[0]
+    key = f"simulation-cart-recovery-{DAYS[0]:%Y-%m-%d}-{DAYS[1]:%Y-%m-%d}"
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1)
+    assert f"- Entries: {report.entries:,}" in artifact.data
+    assert f"{report.messages_per_channel['email']:,} email" in artifact.data
+    assert artifact.data.count("\n| 2026-09-") == len(report.entries_per_day)
