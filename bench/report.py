@@ -12,13 +12,15 @@ class Target:
 
     name: str
     value: float
-    upper: float
+    upper: float | None  # None: shown for information, not a target
     shown: str
     inclusive: bool = False
     cpu_value: float | None = None
 
     @property
     def met(self) -> bool:
+        if self.upper is None:
+            return True
         return self.value <= self.upper if self.inclusive else self.value < self.upper
 
 

@@ -19,6 +19,7 @@ from engine.definitions import Definitions
 from engine.delivery_controls import apply_controls
 from engine.dispatch import DispatchCounts, Pace, dispatch_channel
 from engine.dispatch_policy import Clock, DispatchSettings
+from engine.feature_state import FeatureStateStore
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
 from engine.journey_store import load_active, load_known, load_send_history, save_step
@@ -27,8 +28,8 @@ from engine.outbox import plan_outbox, skip_suppressed
 from engine.providers.factory import Senders
 from engine.python_segments import compute_python_memberships, dry_run
 from engine.render import TemplateStore
-from engine.rollups import scan_rollups, update_rollups
-from engine.segments import MembershipStore, SegmentChange, compute_memberships, diff_memberships
+from engine.rollups import arrival_fingerprints, scan_rollups, update_rollups
+from engine.segments import MembershipStore, SegmentChange, compute_memberships_with_state, diff_memberships
 from engine.settings import EngineSettings
 from models.journeys import JourneyDefinition, SegmentEntry
 from models.tables import SegmentSize
@@ -123,7 +124,7 @@ def recompute_segments(ctx: RunContext, definitions: Definitions, database: Engi
     users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
     memberships = compute_python_memberships(definitions.python_segments, users, behaviour)
-    memberships |= compute_memberships(definitions.segments, users, behaviour)
+    memberships |= _rule_memberships(ctx, definitions, users, behaviour)
     changes = diff_memberships(memberships, store, ctx.as_of)
     if not ctx.dry_run:
         for name, change in changes.items():
@@ -131,6 +132,19 @@ def recompute_segments(ctx: RunContext, definitions: Definitions, database: Engi
         with database.begin() as conn:
             upsert(conn, _SEGMENT_SIZES, [_size_row(ctx, definitions, change) for change in changes.values()])
     return changes
+
+
+def _rule_memberships(
+    ctx: RunContext, definitions: Definitions, users: pl.LazyFrame, behaviour: Behaviour
+) -> dict[str, pl.Series]:
+    """The YAML segments, advanced from the feature state of the previous run when it is usable (the same
+    memberships as a full recompute, for the cost of the day that arrived); a dry run leaves the state alone."""
+    state = FeatureStateStore(ctx.settings.store_dir / "feature_state")
+    arrivals = arrival_fingerprints(ctx.settings.store_dir, through_day=ctx.as_of.date())
+    memberships, _ = compute_memberships_with_state(
+        definitions.segments, users, behaviour, state, arrivals=arrivals, persist=not ctx.dry_run
+    )
+    return memberships
 
 
 def summarize_segments(changes: dict[str, SegmentChange]) -> list[SegmentSummary]:

@@ -84,6 +84,20 @@ def scan_rollups(store_dir: Path, *, through_day: date) -> pl.LazyFrame:
     return pl.scan_parquet(files).filter(pl.col("day") < through_day)
 
 
+def arrival_fingerprints(store_dir: Path, *, through_day: date) -> dict[str, str]:
+    """Each arrival partition of normalized events up to `through_day`, by ISO date, with its fingerprint.
+
+    The same fingerprint as the rollup manifest's: a partition whose files change gets a new one, so state
+    computed from the events (see `engine.feature_state`) can tell the data it saw from data corrected since.
+    """
+    events_root = store_dir / "events"
+    return {
+        day: _fingerprint(partition)
+        for partition in sorted(events_root.glob("date=*"))
+        if (day := partition.name.removeprefix("date=")) <= through_day.isoformat()
+    }
+
+
 def _fingerprint(partition: Path) -> str:
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(partition.glob("*.parquet"))]
     return json.dumps(stats)

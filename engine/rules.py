@@ -36,6 +36,7 @@ from models.rules import (
     Received,
     Rule,
     SegmentRef,
+    Window,
 )
 
 
@@ -61,6 +62,19 @@ def rule_features(rule: Rule) -> Iterator[Feature]:
         if feature is not None:
             yield from anchors(feature.window)
             yield feature
+
+
+def attribute_columns(rule: Rule) -> Iterator[str]:
+    """The subjects' columns the rule reads besides `user_id` and its features: attributes, window anchors."""
+    for leaf in leaves(rule):
+        match leaf:
+            case Attribute(attribute=spec):
+                yield spec.name
+            case FirstPerformed(first_performed=spec) | LastPerformed(last_performed=spec):
+                yield from _window_columns(spec.within)
+        feature = _feature(leaf)
+        if feature is not None:
+            yield from _window_columns(feature.window)
 
 
 def segment_refs(rule: Rule) -> Iterator[str]:
@@ -93,6 +107,13 @@ def predicate(rule: Rule, *, as_of: datetime, memberships: Mapping[str, pl.Serie
         case SegmentRef(segment=name):
             return pl.col("user_id").is_in(memberships[name].implode())
     raise TypeError(f"not a rule: {rule!r}")
+
+
+def _window_columns(window: Window | None) -> Iterator[str]:
+    if window is not None and window.after is not None:
+        yield window.after
+    if window is not None and window.since is not None:
+        yield "entered_at"
 
 
 def _feature(leaf: Rule) -> Feature | None:

@@ -1,4 +1,8 @@
-"""Exact window statistics (rollups for whole days, raw events at the edges) against a naive pass over raw events."""
+"""Exact window statistics (rollups for whole days, raw events at the edges) against a naive pass over raw events.
+
+Both passes of `engine.feature_pass`: windows the same for everyone (`window_stats`) and each subject's own
+(`subject_window_stats`, whose rollup rows straddling a window's end are replaced by their raw events).
+"""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,7 +10,8 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.behaviour import EventFilter, event_stats, event_stats_per_subject
+from engine.behaviour import EventFilter
+from engine.feature_pass import SubjectStat, WindowStat, subject_window_stats, window_stats
 from tests.behaviours import Row, behaviour_from_rows
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -30,7 +35,13 @@ def naive(rows: list[Row], inside) -> dict[str, tuple]:
 
 
 def got(frame: pl.LazyFrame) -> dict[str, tuple]:
-    return {row[0]: row[1:] for row in frame.select(pl.first(), *STATS).collect().iter_rows()}
+    """Per user (or subject) with anything counted: a pass may list others, with a count of 0."""
+    counted = frame.select(pl.first(), *STATS).filter(pl.col("count") > 0).collect()
+    return {row[0]: row[1:] for row in counted.iter_rows()}
+
+
+def constant(start: datetime, end: datetime, stats=STATS) -> list[WindowStat]:
+    return [WindowStat(stat, EventFilter("purchase"), stat, start, end) for stat in stats]
 
 
 offsets = st.integers(min_value=0, max_value=20 * 24 * 60)  # minutes after BASE
@@ -49,7 +60,7 @@ def test_constant_window_statistics_equal_naive_ones(rows, as_of_minutes, window
     as_of = BASE + timedelta(minutes=as_of_minutes)
     start = as_of - timedelta(minutes=window_minutes)
 
-    stats = event_stats(behaviour_from_rows(rows, as_of), EventFilter("purchase"), STATS, start=start, end=as_of)
+    stats = window_stats(behaviour_from_rows(rows, as_of), constant(start, as_of))
 
     assert got(stats) == naive(rows, lambda user, ts: start <= ts < as_of)
 
@@ -77,7 +88,8 @@ def test_per_subject_window_statistics_equal_naive_ones(rows, as_of_minutes, sta
         schema_overrides={"_start": pl.Datetime("us", "UTC"), "_end": pl.Datetime("us", "UTC")},
     )
 
-    stats = event_stats_per_subject(behaviour_from_rows(rows, as_of), bounds, EventFilter("purchase"), STATS)
+    per_subject = [SubjectStat(stat, EventFilter("purchase"), stat) for stat in STATS]
+    stats = subject_window_stats(behaviour_from_rows(rows, as_of), bounds, per_subject)
 
     assert got(stats) == naive(rows, lambda user, ts: starts_at[user] <= ts < ends_at[user])
 
@@ -89,7 +101,5 @@ def test_window_at_a_non_midnight_as_of_is_not_rounded_to_days():
         ("u2", "purchase", datetime(2026, 3, 1, 6, 0, tzinfo=UTC), 1.0),  # exactly 7 days before: inside
         ("u3", "purchase", datetime(2026, 3, 8, 6, 0, tzinfo=UTC), 1.0),  # at as_of: not yet
     ]
-    counts = event_stats(
-        behaviour_from_rows(rows, as_of), EventFilter("purchase"), ["count"], start=as_of - timedelta(days=7), end=as_of
-    )
-    assert dict(counts.collect().iter_rows()) == {"u2": 1}
+    counts = window_stats(behaviour_from_rows(rows, as_of), constant(as_of - timedelta(days=7), as_of, ["count"]))
+    assert dict(counts.filter(pl.col("count") > 0).collect().iter_rows()) == {"u2": 1}
