@@ -22,6 +22,7 @@ from engine.dispatch_policy import Clock, DispatchSettings
 from engine.feature_state import FeatureStateStore
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
+from engine.journey_state import Advance
 from engine.journey_store import load_active, load_known, load_send_history, save_step
 from engine.journeys import SEND_SCHEMA, run_journey, runs_live
 from engine.outbox import plan_outbox, skip_suppressed
@@ -180,6 +181,19 @@ def advance_journeys(
                     behaviour=behaviour,
                     memberships=memberships,
                 )
+    return record_journey_steps(ctx, definitions, database, users, steps)
+
+
+def record_journey_steps(
+    ctx: RunContext,
+    definitions: Definitions,
+    database: Engine,
+    users: pl.LazyFrame,
+    steps: dict[str, tuple[pl.DataFrame, Advance]],
+) -> list[JourneySummary]:
+    """Plan the journeys' messages together under suppressions and delivery controls, then write each journey's
+    step with its outbox rows in one transaction; however the steps were computed (in one process or sharded)."""
+    with database.connect() as conn:
         sends = pl.concat([result.sends for _, result in steps.values()]) if steps else pl.DataFrame(schema=SEND_SCHEMA)
         outbox = plan_outbox(sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
         emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()

@@ -41,12 +41,9 @@ from engine import pipeline
 from engine.behaviour import Behaviour
 from engine.db import connect, upsert
 from engine.definitions import Definitions, load_definitions
-from engine.delivery_controls import apply_controls
-from engine.feedback.suppressions import suppressed
 from engine.journey_state import INSTANCE_SCHEMA, SEND_SCHEMA, TRANSITION_SCHEMA, Advance, concat_or_empty
-from engine.journey_store import load_active, load_known, load_send_history, save_step
+from engine.journey_store import load_active, load_known
 from engine.journeys import run_journey, runs_live
-from engine.outbox import plan_outbox, skip_suppressed
 from engine.python_segments import PythonSegment, compute_python_memberships
 from engine.render import TemplateStore
 from engine.rule_buckets import murmur3_32
@@ -356,21 +353,7 @@ def merge_journeys(
         if runs_live(journey):
             parts = [part for shard in all_shards(count) if (part := scratch.read_step(shard, name)) is not None]
             steps[name] = _merge_step(parts)
-    with database.connect() as conn:
-        sends = pl.concat([result.sends for _, result in steps.values()]) if steps else pl.DataFrame(schema=SEND_SCHEMA)
-        outbox = plan_outbox(sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
-        emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
-        outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
-        history = load_send_history(conn, as_of=ctx.as_of)
-    outbox = apply_controls(outbox, users=users, history=history, policy=definitions.delivery, as_of=ctx.as_of)
-    summaries = []
-    for name, (new, result) in steps.items():
-        rows = outbox.filter(pl.col("journey") == name)
-        if not ctx.dry_run:
-            with database.begin() as conn:
-                save_step(conn, result=result, outbox=rows, run_id=ctx.run_id)
-        summaries.append(pipeline._journey_summary(name, new, result.instances, result.transitions, rows))
-    return summaries
+    return pipeline.record_journey_steps(ctx, definitions, database, users, steps)
 
 
 def _merge_step(parts: list[tuple[pl.DataFrame, Advance]]) -> tuple[pl.DataFrame, Advance]:

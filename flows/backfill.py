@@ -9,19 +9,18 @@ from datetime import UTC, date, datetime, time
 from uuid import uuid4
 
 from prefect import flow
-from prefect.client.schemas.objects import FlowRun, State
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from engine.backfill import BackfillReport, RebuildReport, RebuiltDay, plan_backfill, plan_rebuild
-from engine.db import connect
 from engine.definitions import Definitions
 from engine.pipeline import IngestSummary, JourneySummary, RunContext, summarize_segments
 from engine.replay import ReplayReport, daily_as_ofs, shadow_run_id
-from engine.run_log import LiveRun, mark_failed
+from engine.run_log import LiveRun
 from engine.segments import SegmentChange
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
+from flows.edges import record_failure
 from tasks.replay import (
     live_runs_task,
     plan_replay_task,
@@ -46,11 +45,6 @@ from tasks.run import (
 )
 
 
-def _record_failure(_flow: object, flow_run_: FlowRun, state: State) -> None:
-    """A live day that raised is marked failed in the run history, so the next backfill knows it never completed."""
-    mark_failed(connect(EngineSettings().database), flow_run_id=str(flow_run_.id), error=str(state.message))
-
-
 def _run_name() -> str:
     """Names the run after its mode, so the UI's run list tells a replay from a live backfill at a glance."""
     given = flow_run.parameters
@@ -62,8 +56,8 @@ def _run_name() -> str:
     name="backfill",
     flow_run_name=_run_name,
     log_prints=True,
-    on_failure=[_record_failure],
-    on_crashed=[_record_failure],
+    on_failure=[record_failure],
+    on_crashed=[record_failure],
 )
 def backfill(
     start: date,

@@ -1,24 +1,18 @@
 """The engine's main flow: one run for one as_of, from raw events to sent messages."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import uuid4
 
 from prefect import flow
-from prefect.client.schemas.objects import FlowRun, State
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
-from engine.db import connect
-from engine.dispatch import DispatchCounts
 from engine.pipeline import RunContext, summarize_segments
-from engine.run_log import mark_failed
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
+from flows.edges import dispatch_under_outbox_limit, record_failure, resolve_as_of
 from tasks.run import (
     check_definitions_task,
     count_in_doubt_task,
-    dispatch_task,
-    ensure_outbox_limit_task,
     finish_run_task,
     ingest_task,
     journeys_task,
@@ -29,12 +23,7 @@ from tasks.run import (
 )
 
 
-def _record_failure(_flow: object, flow_run_: FlowRun, state: State) -> None:
-    """A run that raised is marked failed in the run history, with the error, so `nudge runs` shows it."""
-    mark_failed(connect(EngineSettings().database), flow_run_id=str(flow_run_.id), error=str(state.message))
-
-
-@flow(name="daily-campaign", log_prints=True, on_failure=[_record_failure], on_crashed=[_record_failure])
+@flow(name="daily-campaign", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])
 def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunSummary:
     """Ingest new events, recompute segments, advance journeys and send what they planned.
 
@@ -45,7 +34,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
         dry_run: Compute segments, journey steps and the messages they would plan, but write no state and
             send nothing.
     """
-    as_of = _resolve_as_of(as_of)
+    as_of = resolve_as_of(as_of)
     ctx = RunContext(run_id=str(flow_run.id or uuid4()), as_of=as_of, dry_run=dry_run, settings=EngineSettings())
     definitions = load_definitions_task(ctx.settings)
     if not dry_run:
@@ -54,7 +43,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
     warnings = check_definitions_task(ctx, definitions)
     changes = segments_task(ctx, definitions)
     journeys = journeys_task(ctx, definitions, changes)
-    delivery = _dispatch(ctx)
+    delivery = dispatch_under_outbox_limit(ctx)
     summary = RunSummary(
         run_id=ctx.run_id,
         as_of=as_of,
@@ -70,20 +59,3 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
         finish_run_task(ctx, summary)
     publish_artifacts_task(summary)
     return summary
-
-
-def _resolve_as_of(as_of: datetime | None) -> datetime:
-    """An explicit as_of wins; otherwise the scheduled time, so a late-starting scheduled run is still exact."""
-    chosen = as_of or flow_run.scheduled_start_time or datetime.now(UTC)
-    if chosen.tzinfo is None:
-        chosen = chosen.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(chosen.timestamp(), UTC)
-
-
-def _dispatch(ctx: RunContext) -> dict[str, DispatchCounts]:
-    """Send under the outbox limit, so a live backfill marking a past window skipped never races a send of it."""
-    if ctx.dry_run:
-        return {}
-    ensure_outbox_limit_task(ctx.settings.outbox_limit)
-    with concurrency(ctx.settings.outbox_limit, occupy=1, strict=True):
-        return dispatch_task(ctx)

@@ -5,17 +5,16 @@ their next attempt time. This flow, scheduled hourly, sends those whose time has
 own dispatch task and ledger, so a message is still sent once however many dispatchers run.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import uuid4
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from engine.dispatch import DispatchCounts
 from engine.pipeline import RunContext
 from engine.settings import EngineSettings
-from tasks.run import dispatch_task, ensure_outbox_limit_task
+from flows.edges import dispatch_under_outbox_limit, resolve_as_of
 
 
 @flow(name="dispatch-due", log_prints=True)
@@ -27,15 +26,5 @@ def dispatch_due(as_of: datetime | None = None) -> dict[str, DispatchCounts]:
             sent. Leave empty to use the flow run's scheduled start time.
     """
     settings = EngineSettings()
-    ctx = RunContext(run_id=str(flow_run.id or uuid4()), as_of=_resolve_as_of(as_of), dry_run=False, settings=settings)
-    ensure_outbox_limit_task(settings.outbox_limit)
-    with concurrency(settings.outbox_limit, occupy=1, strict=True):
-        return dispatch_task(ctx)
-
-
-def _resolve_as_of(as_of: datetime | None) -> datetime:
-    """An explicit as_of wins; otherwise the scheduled time, so a late start sends exactly what was due then."""
-    chosen = as_of or flow_run.scheduled_start_time or datetime.now(UTC)
-    if chosen.tzinfo is None:
-        chosen = chosen.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(chosen.timestamp(), UTC)
+    ctx = RunContext(run_id=str(flow_run.id or uuid4()), as_of=resolve_as_of(as_of), dry_run=False, settings=settings)
+    return dispatch_under_outbox_limit(ctx)

@@ -16,11 +16,10 @@ from engine.segments import SegmentChange
 from engine.settings import EngineSettings
 from engine.shards import absolute
 from engine.summary import RunSummary
-from flows.daily import _record_failure, _resolve_as_of
+from flows.edges import dispatch_under_outbox_limit, record_failure, resolve_as_of
 from tasks.run import (
     check_definitions_task,
     count_in_doubt_task,
-    dispatch_task,
     finish_run_task,
     ingest_task,
     load_definitions_task,
@@ -42,8 +41,8 @@ from tasks.shards import (
     name="daily-campaign-sharded",
     log_prints=True,
     task_runner=dask_task_runner(DaskSettings()),
-    on_failure=[_record_failure],
-    on_crashed=[_record_failure],
+    on_failure=[record_failure],
+    on_crashed=[record_failure],
 )
 def daily_campaign_sharded(as_of: datetime | None = None, dry_run: bool = False, shards: int = 4) -> RunSummary:
     """The daily run, with segments and journeys computed in shards of users on a Dask cluster.
@@ -63,7 +62,7 @@ def daily_campaign_sharded(as_of: datetime | None = None, dry_run: bool = False,
     """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, not {shards}")
-    as_of = _resolve_as_of(as_of)
+    as_of = resolve_as_of(as_of)
     settings = absolute(EngineSettings())
     ctx = RunContext(run_id=str(flow_run.id or uuid4()), as_of=as_of, dry_run=dry_run, settings=settings)
     definitions = load_definitions_task(ctx.settings)
@@ -75,7 +74,7 @@ def daily_campaign_sharded(as_of: datetime | None = None, dry_run: bool = False,
         changes, journeys = _sharded_stages(ctx, definitions, shards)
     finally:
         clear_scratch_task(ctx)
-    delivery = dispatch_task(ctx)
+    delivery = dispatch_under_outbox_limit(ctx)
     summary = RunSummary(
         run_id=ctx.run_id,
         as_of=as_of,
