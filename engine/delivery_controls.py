@@ -31,6 +31,11 @@ Inputs:
   instant the message was or will be delivered (its `not_before`, else its run's `as_of`). Eight days before
   `as_of` cover any ISO week in any time zone; rows of the messages being planned now are ignored, so a
   replayed run is not capped by its own first attempt.
+- `decided` (optional): messages of this same `as_of` that an earlier attempt of the run already kept, with
+  `user_id`, `channel`, `journey`, `instance_id`, `node`, `as_of` and their journey's `priority`. A run that
+  failed between two journeys' writes is redone with the first journey's messages recorded: they take part in
+  arbitration as already kept, so the second journey's messages get the reasons an uninterrupted run gives them
+  (`lower_priority` behind a kept message, not a cap it never counted against).
 
 Everything is a frame operation except two steps: the control-group hash (hashlib, one call per user with a
 planned message) and the local clock, computed once per distinct time zone.
@@ -68,6 +73,7 @@ def apply_controls(
     history: pl.DataFrame,
     policy: DeliveryPolicy,
     as_of: datetime,
+    decided: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The planned rows in their order, with `status`/`reason` after the controls and `not_before` added.
 
@@ -82,8 +88,8 @@ def apply_controls(
         how="left",
     )
     messages = _skip(messages, pl.col("quiet_drop"), "quiet_hours")
-    messages = _admit(_cap_reason(messages, _earlier(messages, history, planned), policy))
-    return _write_back(planned, messages)
+    messages = _cap_reason(messages, _earlier(messages, history, planned), policy)
+    return _write_back(planned, _admit(messages, _already_kept(decided, messages)))
 
 
 def in_control_group(user_ids: pl.Series, group: ControlGroup) -> pl.Series:
@@ -274,15 +280,39 @@ def _limits(policy: DeliveryPolicy) -> tuple[pl.DataFrame, pl.DataFrame]:
     return channel, journey
 
 
-def _admit(messages: pl.DataFrame) -> pl.DataFrame:
-    """Per user and channel, in priority order: keep the first message within its caps, skip the rest."""
+def _already_kept(decided: pl.DataFrame | None, messages: pl.DataFrame) -> pl.DataFrame:
+    """Decided messages of the candidates' users and channels, as rows `_admit` ranks but never rewrites."""
+    columns = ("user_id", "channel", "journey", "node", "instance_id", "as_of", "priority")
+    if decided is None:
+        return messages.select(columns).clear()
+    return (
+        decided.select(columns)
+        .unique(list(MESSAGE))
+        .join(messages.select(MESSAGE), on=list(MESSAGE), how="anti")
+        .join(messages.select("user_id", "channel").unique(), on=["user_id", "channel"], how="semi")
+        .cast(messages.select(columns).schema)  # type: ignore[arg-type]
+    )
+
+
+def _admit(messages: pl.DataFrame, kept: pl.DataFrame) -> pl.DataFrame:
+    """Per user and channel, in priority order: keep the first message within its caps, skip the rest.
+
+    `kept` messages were admitted by an earlier attempt of this run: they rank like the others and hold the
+    channel, and are dropped from the result.
+    """
+    earlier = kept.with_columns(
+        pl.lit(None, pl.String).alias("reason"),
+        pl.lit(None, pl.String).alias("cap_reason"),
+        pl.lit(True).alias("_kept"),
+    )
+    candidates = pl.concat([messages.with_columns(pl.lit(False).alias("_kept")), earlier], how="diagonal")
     within = (pl.col("reason").is_null() & pl.col("cap_reason").is_null()).cast(pl.UInt32)
     kept_before = (within.cum_sum() - within).over("user_id", "channel") > 0
-    ranked = messages.sort(
+    ranked = candidates.sort(
         "user_id", "channel", "priority", "journey", "node", "instance_id",
         descending=[False, False, True, False, False, False],
     )  # fmt: skip
-    ranked = _skip(ranked, kept_before, "lower_priority")
+    ranked = _skip(ranked, kept_before, "lower_priority").filter(~pl.col("_kept")).drop("_kept")
     return ranked.with_columns(pl.coalesce("reason", "cap_reason").alias("reason"))
 
 

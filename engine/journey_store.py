@@ -5,6 +5,7 @@ The instances a run moved, their transitions and the outbox rows their sends pla
 and the rerun that follows redoes exactly the missing part.
 """
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,16 +42,16 @@ def load_known(conn: Connection, journey: str) -> pl.DataFrame:
 def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl.DataFrame:
     """Marketing messages of earlier runs that count against frequency caps: sent, on their way, or held.
 
-    Eight days cover any local calendar week around as_of. Rows of this very as_of are included: after a rerun of
-    a run that failed part-way, the journeys it did write count against the caps of those it did not, and the
-    controls themselves ignore the rows of the very messages being planned.
+    Eight days cover any local calendar week around as_of. Rows of this very as_of are not history: they are an
+    earlier attempt of this run (`load_decided`), and counting them as caps would record a message that lost
+    arbitration to them as capped instead of `lower_priority`.
     """
     columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "not_before")
     rows = conn.execute(
         select(*(_OUTBOX.c[name] for name in columns)).where(
             _OUTBOX.c.status.in_(("planned", "claimed", "sending", "accepted", "retryable")),
             _OUTBOX.c.transactional.is_(False),
-            _OUTBOX.c.as_of <= as_of,
+            _OUTBOX.c.as_of < as_of,
             _OUTBOX.c.as_of >= as_of - timedelta(days=days),
         )
     ).all()
@@ -58,6 +59,27 @@ def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl
     schema = {name: moment if name in ("as_of", "not_before") else pl.String for name in columns}
     frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
     return frame.with_columns(pl.coalesce("not_before", "as_of").alias("sent_at")).drop("not_before")
+
+
+def load_decided(conn: Connection, *, as_of: datetime, priorities: Mapping[str, int]) -> pl.DataFrame:
+    """The marketing messages an earlier attempt of this run kept at planning, one row per message, with their
+    journey's priority (0 for a journey no longer defined).
+
+    After a run failed between two journeys' writes, the redone run arbitrates the second journey's messages
+    against these exactly as the first attempt did. Kept means not skipped: whatever happened to them since
+    (sent, failed) they took the user's channel for this run.
+    """
+    columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of")
+    rows = conn.execute(
+        select(*(_OUTBOX.c[name] for name in columns))
+        .where(_OUTBOX.c.as_of == as_of, _OUTBOX.c.status != "skipped", _OUTBOX.c.transactional.is_(False))
+        .distinct()
+    ).all()
+    schema = {name: pl.Datetime("us", "UTC") if name == "as_of" else pl.String for name in columns}
+    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    return frame.with_columns(
+        pl.col("journey").replace_strict(priorities, default=0, return_dtype=pl.Int64).alias("priority")
+    )
 
 
 def save_step(conn: Connection, *, result: Advance, outbox: pl.DataFrame, run_id: str) -> int:

@@ -23,7 +23,7 @@ from engine.feature_state import FeatureStateStore
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
 from engine.journey_state import Advance
-from engine.journey_store import load_active, load_known, load_send_history, save_step
+from engine.journey_store import load_active, load_decided, load_known, load_send_history, save_step
 from engine.journeys import SEND_SCHEMA, run_journey, runs_live
 from engine.outbox import plan_outbox, skip_suppressed
 from engine.providers.factory import Senders
@@ -201,7 +201,11 @@ def record_journey_steps(
         tokens = outbox.filter(pl.col("channel") == "push").get_column("recipient").drop_nulls().to_list()
         outbox = skip_suppressed(outbox, "push", suppressed(conn, "push", tokens), reason="unregistered")
         history = load_send_history(conn, as_of=ctx.as_of)
-    outbox = apply_controls(outbox, users=users, history=history, policy=definitions.delivery, as_of=ctx.as_of)
+        priorities = {name: journey.priority for name, journey in definitions.journeys.items()}
+        decided = load_decided(conn, as_of=ctx.as_of, priorities=priorities)
+    outbox = apply_controls(
+        outbox, users=users, history=history, policy=definitions.delivery, as_of=ctx.as_of, decided=decided
+    )
     summaries = []
     for name, (new, result) in steps.items():
         rows = outbox.filter(pl.col("journey") == name)

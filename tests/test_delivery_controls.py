@@ -44,6 +44,7 @@ HISTORY_SCHEMA = {
     "sent_at": INSTANT,
 }
 
+DECIDED_COLUMNS = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "priority")
 OVERNIGHT = {"start": "21:00", "end": "08:00", "mode": "hold"}
 
 Decision = tuple[str, str | None, datetime | None]  # status, reason, not_before
@@ -104,9 +105,11 @@ def decide(
     zones: dict[str, str | None] | None = None,
     history: Sequence[list[dict[str, Any]]] = (),
     as_of: datetime = AS_OF,
+    decided: Sequence[dict[str, Any]] | None = None,
     **policy: Any,
 ) -> dict[str, Decision]:
-    """Run the controls and return each row's decision by send key."""
+    """Run the controls and return each row's decision by send key; `decided` rows are outbox rows of messages
+    an earlier attempt of the run kept."""
     rows = [row for rows in messages for row in rows]
     users = zones or {row["user_id"]: None for row in rows}
     out = apply_controls(
@@ -118,6 +121,7 @@ def decide(
         history=pl.DataFrame([row for rows in history for row in rows], schema=HISTORY_SCHEMA),
         policy=DeliveryPolicy.model_validate(policy),
         as_of=as_of,
+        decided=None if decided is None else pl.DataFrame(decided, schema=PLANNED_SCHEMA).select(DECIDED_COLUMNS),
     )
     return {
         key: (status, reason, nb)
@@ -391,6 +395,19 @@ def test_transactional_messages_bypass_caps():
         caps={"email": {"per_day": 1}},
     )
     assert decisions == {"u/receipt/email": PLANNED}
+
+
+def test_a_message_an_earlier_attempt_kept_holds_the_channel():
+    """A run redone after it failed between two journeys' writes: the first journey's kept message ranks with
+    the second journey's candidates as in one attempt, and counts against no cap of its own run."""
+    first, second = message("u", journey="first", priority=5), message("u", journey="second", priority=1)
+    caps = {"email": {"per_day": 1}}
+    assert decide(first, second, caps=caps)["u/second/email"] == skipped("lower_priority")
+    assert decide(second, decided=first, caps=caps) == {"u/second/email": skipped("lower_priority")}
+    urgent = message("u", journey="urgent", priority=9)
+    assert decide(urgent, decided=first, caps=caps) == {"u/urgent/email": PLANNED}
+    other_user = message("v", journey="second")
+    assert decide(other_user, decided=first, caps=caps) == {"v/second/email": PLANNED}
 
 
 def test_a_message_replanned_is_not_capped_by_itself():
@@ -758,6 +775,50 @@ def test_apply_controls_agrees_with_the_reference(
         as_of,
     )
     assert decisions == expected
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zones=st.lists(st.sampled_from(ZONES), min_size=3, max_size=3),
+    as_of=moments,
+    plan=planned_messages,
+    past=earlier_messages,
+    policy=policies,
+    written=st.sampled_from(JOURNEYS),
+)
+def test_a_run_redone_after_one_journey_was_written_decides_the_rest_as_one_attempt(
+    zones: list[str | None], as_of: datetime, plan: list[dict], past: list[dict], policy: dict, written: str
+):
+    users = {f"u{index}": zone for index, zone in enumerate(zones)}
+    messages = [
+        message(
+            f"u{m['user']}",
+            journey=m["journey"],
+            node=m["node"],
+            channel=m["channel"],
+            priority=m["priority"],
+            transactional=m["transactional"],
+            tokens=m["tokens"],
+            skipped="no_consent" if m["skip"] == "no_consent" else None,
+            as_of=as_of,
+        )
+        for m in plan
+    ]
+    history = [
+        sent(
+            f"u{h['user']}",
+            as_of + timedelta(minutes=min(h["minutes"], -1)),
+            channel=h["channel"],
+            journey=h["journey"],
+        )
+        for h in past
+    ]
+    once = decide(*messages, zones=users, history=history, as_of=as_of, **policy)
+    first = [row for rows in messages for row in rows if row["journey"] == written]
+    rest = [rows for rows in messages if rows[0]["journey"] != written]
+    kept = [row for row in first if once[row["send_key"]][0] == "planned" and not row["transactional"]]
+    redone = decide(*rest, zones=users, history=history, as_of=as_of, decided=kept, **policy)
+    assert redone == {key: once[key] for key in redone}
 
 
 @settings(max_examples=100, deadline=None)

@@ -139,31 +139,15 @@ def test_the_redone_run_writes_only_what_the_failed_one_did_not(outcome: Outcome
 
 
 def test_an_interrupted_and_redone_run_ends_in_the_same_state_as_an_uninterrupted_one(outcome: Outcome):
-    """Same instances, transitions and outbox rows; a skipped message's recorded reason may differ (below)."""
+    """Same instances, transitions and outbox rows, skip reasons included: a message that lost arbitration to
+    the first journey's message in the uninterrupted run is `lower_priority` in the redone one too, not capped by
+    a message of its own run (a regression: it used to be recorded as `frequency_cap:email:day`)."""
     straight, interrupted = outcome.straight.state(), outcome.interrupted.state()
     assert straight["transitions"].height > 0 and straight["outbox"].height > 0
+    assert straight["outbox"].filter(pl.col("reason") == "lower_priority").height > 0
     for name in TABLES:
         assert set(straight[name].get_column("journey")) == set(JOURNEYS), name
-        left, right = (
-            frame.drop("reason") if name == "outbox" else frame for frame in (interrupted[name], straight[name])
-        )
-        assert_frame_equal(left, right, check_column_order=False)
-    reasons = straight["outbox"].join(interrupted["outbox"], on="send_key", suffix="_redone")
-    differing = reasons.filter(pl.col("reason").ne_missing(pl.col("reason_redone")))
-    assert (differing.get_column("status") == "skipped").all()
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine: after a run fails between two journeys' writes, the redone run plans the second journey's "
-        "messages with the first journey's rows of the same as_of as send history, so a message that lost "
-        "arbitration in one run (skipped, lower_priority) is recorded as skipped, frequency_cap:email:day"
-    ),
-)
-def test_a_redone_run_records_the_same_skip_reasons_as_an_uninterrupted_one(outcome: Outcome):
-    straight, interrupted = outcome.straight.state(), outcome.interrupted.state()
-    assert_frame_equal(interrupted["outbox"], straight["outbox"], check_column_order=False)
+        assert_frame_equal(interrupted[name], straight[name], check_column_order=False)
 
 
 def test_rerunning_the_same_as_of_makes_no_new_transition(outcome: Outcome):
