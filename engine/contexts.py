@@ -52,6 +52,7 @@ SHOP_URL = "https://shop.example.com"
 
 @register(
     "cart_reminder",
+    "cart_reminder_saved",
     "cart_push",
     sample={
         "first_name": "Ada",

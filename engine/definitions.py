@@ -143,7 +143,7 @@ def _check_journeys(
     versions: dict[str, str],
 ) -> list[Problem]:
     problems = []
-    broken_templates: set[str] = set()  # a broken template is reported once, at the first send naming it
+    broken_templates: set[str] = set()
     for name, journey in journeys.items():
         doc = sources[f"journeys/{name}"]
         for where, ref in journey_segments(journey):
@@ -151,22 +151,44 @@ def _check_journeys(
                 problems.append(_problem(doc, where, f"unknown segment {ref!r}"))
         for node_id, node in journey.nodes.items():
             if isinstance(node, SendNode):
-                where = ("nodes", node_id, "send", "template")
-                shown = f"templates/{node.send.channel}/{node.send.template}"
-                if shown in broken_templates:
-                    continue
-                try:
-                    sample = builder_for(node.send.template).sample
-                    if node.send.channel == "email":
-                        version = templates.validate_email(node.send.template, sample).version
-                    else:
-                        version = templates.validate_push(node.send.template, sample).version
-                except (KeyError, MessageTemplateError) as error:
-                    problems.append(_problem(doc, where, str(error).strip('"')))
-                    broken_templates.add(shown)
-                    continue
-                versions[shown] = version
+                for template in node.send.templates:
+                    problem = _check_template(node.send.channel, template, templates, versions, broken_templates)
+                    if problem:
+                        problems.append(
+                            _problem(doc, ("nodes", node_id, "send", *_template_field(node, template)), problem)
+                        )
     return problems
+
+
+def _template_field(node: SendNode, template: str) -> tuple[str | int, ...]:
+    """Where a template is named in a send node: its `template`, or the first variant using it."""
+    if node.send.variants is None:
+        return ("template",)
+    first = next(number for number, variant in enumerate(node.send.variants) if variant.template == template)
+    return ("variants", first, "template")
+
+
+def _check_template(
+    channel: str, template: str, templates: TemplateStore, versions: dict[str, str], broken: set[str]
+) -> str | None:
+    """Compile and render a template with a sample context; the problem, or None after recording its version.
+
+    A broken template is reported once, at the first send naming it.
+    """
+    shown = f"templates/{channel}/{template}"
+    if shown in broken:
+        return None
+    try:
+        sample = builder_for(template).sample
+        if channel == "email":
+            version = templates.validate_email(template, sample).version
+        else:
+            version = templates.validate_push(template, sample).version
+    except (KeyError, MessageTemplateError) as error:
+        broken.add(shown)
+        return str(error).strip('"')
+    versions[shown] = version
+    return None
 
 
 def _unknown_capped_journeys(delivery: DeliveryPolicy, doc: YamlDocument, known: set[str]) -> list[Problem]:

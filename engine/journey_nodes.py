@@ -126,7 +126,9 @@ def step(
     """
     as_of = behaviour.as_of
     frame = with_rule_features(ready, _branch_rules(journey), users=users, behaviour=behaviour)
-    frame = frame.join(split_arms(journey, ready).lazy(), on="instance_id", how="left")
+    frame = frame.join(split_arms(journey, ready).lazy(), on="instance_id", how="left").join(
+        send_variants(journey, ready).lazy(), on="instance_id", how="left"
+    )
     next_node = pl.lit(None, pl.String)
     reason = pl.lit(None, pl.String)
     for node_id, node in journey.nodes.items():
@@ -136,11 +138,15 @@ def step(
                 next_node = pl.when(at).then(pl.lit(node.next)).otherwise(next_node)
                 reason = pl.when(at).then(_waited(node)).otherwise(reason)
             case SendNode():
-                planned = f"{node.send.channel} {node.send.template}"
+                planned = (
+                    pl.lit(f"{node.send.channel} {node.send.template}")
+                    if node.send.template
+                    else pl.format(f"{node.send.channel} {{}} (variant {{}})", "_template", "_variant")
+                )
                 why = (
                     pl.when(pl.col("holdout"))
-                    .then(pl.lit(f"holdout: no {planned}"))
-                    .otherwise(pl.lit(f"planned {planned}"))
+                    .then(pl.format("holdout: no {}", planned))
+                    .otherwise(pl.format("planned {}", planned))
                 )
                 next_node = pl.when(at).then(pl.lit(node.next)).otherwise(next_node)
                 reason = pl.when(at).then(why).otherwise(reason)
@@ -191,31 +197,53 @@ def split_arms(journey: JourneyDefinition, ready: pl.DataFrame) -> pl.DataFrame:
     user's arm does not depend on the instance, the run or the process, so it is sticky across re-entries, and
     a change of weights moves only the users whose bucket changes sides.
     """
-    arms = []
+    choices = []
     for node_id, node in journey.nodes.items():
         if isinstance(node, SplitNode):
             total = sum(arm.weight for arm in node.split)
-            cumulative = 0
-            for arm in node.split:
-                low = cumulative * SPLIT_BUCKETS // total
-                cumulative += arm.weight
-                high = cumulative * SPLIT_BUCKETS // total
+            for arm, (low, high) in zip(node.split, _shares([arm.weight for arm in node.split]), strict=True):
                 why = f"split {node_id}: arm {arm.label} (weight {arm.weight} of {total})"
-                arms.append((node_id, arm.label, arm.next, why, low, high))
-    empty = pl.DataFrame(
-        schema={"instance_id": pl.String, "_arm": pl.String, "_arm_next": pl.String, "_arm_reason": pl.String}
-    )
-    if not arms:
+                choices.append((node_id, low, high, arm.label, arm.next, why))
+    schema = {"_arm": pl.String, "_arm_next": pl.String, "_arm_reason": pl.String}
+    return _by_bucket(journey.name, ready, choices, schema)
+
+
+def send_variants(journey: JourneyDefinition, frame: pl.DataFrame) -> pl.DataFrame:
+    """`instance_id, _variant, _template` for instances at send nodes with variants: the same sticky bucket as a
+    split, so a send experiment assigns users exactly as a split of the same weights would."""
+    choices = []
+    for node_id, node in journey.nodes.items():
+        if isinstance(node, SendNode) and node.send.variants:
+            shares = _shares([variant.weight for variant in node.send.variants])
+            for variant, (low, high) in zip(node.send.variants, shares, strict=True):
+                choices.append((node_id, low, high, variant.variant, variant.template))
+    return _by_bucket(journey.name, frame, choices, {"_variant": pl.String, "_template": pl.String})
+
+
+def _shares(weights: list[int]) -> list[tuple[int, int]]:
+    """Each weight's [low, high) range of the buckets, in order, covering all of them."""
+    total, cumulative, ranges = sum(weights), 0, []
+    for weight in weights:
+        low = cumulative * SPLIT_BUCKETS // total
+        cumulative += weight
+        ranges.append((low, cumulative * SPLIT_BUCKETS // total))
+    return ranges
+
+
+def _by_bucket(journey: str, frame: pl.DataFrame, choices: list[tuple], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Per instance at a node of `choices` (node, low, high, *values), the values of the range its bucket is in."""
+    empty = pl.DataFrame(schema={"instance_id": pl.String, **schema})
+    if not choices:
         return empty
-    table = pl.DataFrame(
-        arms, schema=["node", "_arm", "_arm_next", "_arm_reason", "_low", "_high"], orient="row"
-    ).with_columns(pl.col("_low", "_high").cast(pl.Int64))
-    here = ready.filter(pl.col("node").is_in(table.get_column("node").unique().implode())).select(
+    table = pl.DataFrame(choices, schema=["node", "_low", "_high", *schema], orient="row").with_columns(
+        pl.col("_low", "_high").cast(pl.Int64)
+    )
+    here = frame.filter(pl.col("node").is_in(table.get_column("node").unique().implode())).select(
         "instance_id", "node", "user_id"
     )
     if here.is_empty():
         return empty
-    keys = here.select(pl.format("{}:{}:{}", pl.lit(journey.name), "node", "user_id")).to_series()
+    keys = here.select(pl.format("{}:{}:{}", pl.lit(journey), "node", "user_id")).to_series()
     buckets = pl.Series("_bucket", murmur3_32(keys) % SPLIT_BUCKETS, dtype=pl.Int64)
     return (
         here.with_columns(buckets)
@@ -232,13 +260,15 @@ def plan_sends(journey: JourneyDefinition, moved: pl.DataFrame, *, version: str 
     """
     send_nodes = {node_id: node for node_id, node in journey.nodes.items() if isinstance(node, SendNode)}
     at_send = moved.filter(pl.col("node").is_in(list(send_nodes)), ~pl.col("holdout"))
+    at_send = at_send.join(send_variants(journey, at_send), on="instance_id", how="left")
     channel = pl.lit(None, pl.String)
-    template = pl.lit(None, pl.String)
+    template = pl.col("_template")
     transactional = pl.lit(None, pl.Boolean)
     for node_id, node in send_nodes.items():
         at = pl.col("node") == node_id
         channel = pl.when(at).then(pl.lit(node.send.channel)).otherwise(channel)
-        template = pl.when(at).then(pl.lit(node.send.template)).otherwise(template)
+        if node.send.template:
+            template = pl.when(at).then(pl.lit(node.send.template)).otherwise(template)
         transactional = pl.when(at).then(pl.lit(node.send.transactional)).otherwise(transactional)
     return at_send.select(
         key_expr(pl.col("instance_id"), pl.col("steps") + 1, pl.col("node")).alias("send_key"),
@@ -249,6 +279,7 @@ def plan_sends(journey: JourneyDefinition, moved: pl.DataFrame, *, version: str 
         "node",
         channel.alias("channel"),
         template.alias("template"),
+        pl.col("_variant").alias("variant"),
         transactional.alias("transactional"),
         pl.lit(journey.priority, pl.Int64).alias("priority"),
     ).select(SEND_SCHEMA.names())

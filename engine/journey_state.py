@@ -56,6 +56,7 @@ SEND_SCHEMA = pl.Schema(
         "node": pl.String,
         "channel": pl.String,
         "template": pl.String,
+        "variant": pl.String,  # null unless the send node has variants
         "transactional": pl.Boolean,
         "priority": pl.Int64,
     }

@@ -14,7 +14,7 @@ from engine.keys import key_expr
 
 OUTBOX_COLUMNS = (
     "send_key", "run_id", "as_of", "journey", "journey_version", "node", "instance_id", "user_id",
-    "channel", "template", "transactional", "recipient", "status", "reason",
+    "channel", "template", "variant", "transactional", "recipient", "status", "reason",
 )  # fmt: skip
 PLANNING_COLUMNS = ("priority",)  # what delivery controls read besides the stored columns
 

@@ -10,6 +10,7 @@ what it does; all but exits name the node(s) that follow:
     wait_for:   {event: E, where: {...}, match_key: true} | {segment: S}  + timeout, matched, timed_out
     split:      [{arm: A, weight: 50, next: N}, ...]
     send:       {channel: email|push, template: T, transactional: false}                        + next
+                (or variants: [{variant: control, template: T, weight: 1}, ...] instead of template)
     exit:       <reason>
 
 Settings: `goal` (a conversion event within an attribution window since entry), `exit_when` (rules checked
@@ -306,13 +307,45 @@ class SplitNode(_Strict):
         return arms
 
 
+MAX_VARIANTS = 16
+"""Variants of one send, the control included: beyond this, arms get too small to tell apart."""
+
+
+class Variant(_Strict):
+    variant: str = Field(pattern=SLUG, description="the variant's name, recorded on each of its messages")
+    template: str = Field(pattern=SLUG)
+    weight: int = Field(default=1, gt=0)
+
+
 class SendSpec(_Strict):
     """`transactional` marks a message the user asked for (a receipt, a reset link): delivery controls meant
-    for marketing (frequency caps, quiet hours) do not hold it back."""
+    for marketing (frequency caps, quiet hours) do not hold it back.
+
+    `variants` instead of `template` makes the send an experiment: each user gets one variant, with
+    probability weight / total, by the same sticky hash of user, journey and node as a split. The first variant
+    is the control. The variant is recorded on every message at planning, skipped ones included, so that an
+    analysis compares users as assigned (intent to treat), not only those the controls let through.
+    """
 
     channel: Literal["email", "push"]
-    template: str = Field(pattern=SLUG)
+    template: str | None = Field(default=None, pattern=SLUG)
+    variants: list[Variant] | None = Field(default=None, min_length=2, max_length=MAX_VARIANTS)
     transactional: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_a_template(self) -> SendSpec:
+        if (self.template is None) == (self.variants is None):
+            raise ValueError("a send names either one `template` or a list of `variants`, not both or neither")
+        names = [variant.variant for variant in self.variants or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must differ: {names}")
+        return self
+
+    @property
+    def templates(self) -> list[str]:
+        """Every template this send may use, in definition order, each once."""
+        found = [self.template] if self.template else [variant.template for variant in self.variants or []]
+        return list(dict.fromkeys(found))
 
 
 class SendNode(_Strict):

@@ -114,6 +114,7 @@ class OutboxMessage(SQLModel, table=True):
     user_id: str = Field(index=True)
     channel: str
     template: str
+    variant: str | None = None  # the send experiment's variant, on skipped messages too (intent to treat)
     recipient: str | None = None
     status: str
     reason: str | None = None

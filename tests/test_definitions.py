@@ -68,7 +68,7 @@ def test_a_template_reading_an_undefined_variable_is_refused_before_any_run(tree
     body = tree / "templates/email/cart_reminder/body.html.j2"
     body.write_text(body.read_text() + "\n{{ coupon_code }}\n")
     [problem] = problems(tree)
-    assert "journeys/abandoned_cart.yaml" in problem and "nodes.email_reminder.send.template" in problem
+    assert "journeys/abandoned_cart.yaml" in problem and "nodes.email_reminder.send.variants.0.template" in problem
     assert "coupon_code" in problem and "body.html.j2" in problem
 
 

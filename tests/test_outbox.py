@@ -31,6 +31,7 @@ def sends(channel: str) -> pl.DataFrame:
             "node": "n",
             "channel": channel,
             "template": "t",
+            "variant": None,
             "transactional": False,
             "priority": 0,
         },

@@ -43,6 +43,7 @@ def test_a_bounced_address_is_skipped_as_suppressed_at_the_next_plan(database, s
             "node": "email_reminder",
             "channel": "email",
             "template": "cart_reminder",
+            "variant": None,
             "transactional": False,
             "priority": 0,
         },
