@@ -19,6 +19,7 @@ from engine.definitions import Definitions
 from engine.delivery_controls import apply_controls
 from engine.dispatch import DispatchCounts, Pace, dispatch_channel
 from engine.dispatch_policy import Clock, DispatchSettings
+from engine.experiments import ExperimentReport, report_experiments
 from engine.feature_state import FeatureStateStore
 from engine.feedback.suppressions import suppressed
 from engine.ingest import ingest_events, load_users, scan_events
@@ -285,4 +286,15 @@ def _journey_summary(
         exits=dict(Counter(exited.get_column("exit_reason").to_list())),
         at_node=dict(Counter(waiting.get_column("node").to_list())),
         messages=dict(sorted(messages.items())),
+    )
+
+
+def experiment_reports(ctx: RunContext, definitions: Definitions, database: Engine) -> list[ExperimentReport]:
+    """Every journey experiment analyzed as of this run, from the assignments runs recorded (see
+    `engine.experiments`): the same figures whenever they are asked for, for the same as_of."""
+    return report_experiments(
+        database,
+        list(definitions.journeys.values()),
+        events=behaviour_at(ctx.settings, ctx.as_of).events,
+        as_of=ctx.as_of,
     )

@@ -13,6 +13,7 @@ from flows.edges import dispatch_under_outbox_limit, record_failure, resolve_as_
 from tasks.run import (
     check_definitions_task,
     count_in_doubt_task,
+    experiments_task,
     finish_run_task,
     ingest_task,
     journeys_task,
@@ -44,6 +45,7 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
     changes = segments_task(ctx, definitions)
     journeys = journeys_task(ctx, definitions, changes)
     delivery = dispatch_under_outbox_limit(ctx)
+    experiments_task(ctx, definitions)
     summary = RunSummary(
         run_id=ctx.run_id,
         as_of=as_of,

@@ -15,6 +15,7 @@ from engine.db import connect
 from engine.definitions import Definitions, load_definitions
 from engine.dispatch import DispatchCounts, in_doubt, raise_for_configuration
 from engine.dispatch_policy import DispatchSettings, WallClock
+from engine.experiments import ExperimentReport
 from engine.providers.factory import build_senders
 from engine.providers.settings import FcmSettings, SendGridSettings
 from engine.render import TemplateStore
@@ -125,6 +126,21 @@ def publish_artifacts_task(summary: RunSummary) -> None:
         table=[{"segment": s.name, "size": s.size, "entered": s.entered, "exited": s.exited} for s in summary.segments],
         description="Segment sizes and churn",
     )
+
+
+@task(cache_policy=NO_CACHE)
+def experiments_task(ctx: pipeline.RunContext, definitions: Definitions) -> list[ExperimentReport]:
+    """Analyze every journey experiment as of this run and publish each as an artifact, one key per experiment
+    so the UI shows its history run after run."""
+    reports = pipeline.experiment_reports(ctx, definitions, connect(ctx.settings.database))
+    for report in reports:
+        experiment = report.experiment
+        create_markdown_artifact(
+            key=f"experiment-{experiment.journey}-{experiment.node}".replace("_", "-").lower(),
+            markdown=report.markdown(),
+            description=f"Experiment {experiment.title} as of {ctx.as_of:%Y-%m-%d %H:%M} UTC",
+        )
+    return reports
 
 
 @task(cache_policy=NO_CACHE)

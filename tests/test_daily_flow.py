@@ -186,6 +186,29 @@ def test_each_run_publishes_a_summary_artifact(world: World):
         assert "## Segments" in artifact.data and "cart_abandoners" in artifact.data and "| email |" in artifact.data
 
 
+def test_the_cart_email_experiment_is_published_counting_every_assigned_user(world: World):
+    """The shipped journey's email is an experiment: its artifact counts every user given a variant, including
+    the ones never emailed (no address, no consent): intent to treat."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    assigned = {row["user_id"]: row["variant"] for row in world.outbox() if row["node"] == "email_reminder"}
+    assert {row["status"] for row in world.outbox() if row["node"] == "email_reminder"} >= {"accepted", "skipped"}
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=["experiment-abandoned-cart-email-reminder"])
+            )
+        )
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in artifact.data.splitlines()
+        if line.startswith("| ")
+    }
+    for arm in ("control", "saved"):
+        assert int(rows[arm][1].replace(",", "")) == sum(variant == arm for variant in assigned.values())
+
+
 def test_the_run_history_records_definitions_and_snapshot(world: World):
     table = Run.__table__
     with connect(world.database_url).connect() as conn:
