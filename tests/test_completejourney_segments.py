@@ -13,8 +13,9 @@ our own reference evaluator. Boundary conventions, as the README states them:
   first + 30d)" reads the same on this data only by luck (the one household with two baskets at its first
   time also has a third soon after, and no basket falls exactly 30 days after a first); the property test
   holds the open and closed ends to the reference.
-- Redemptions carry a date only (at 00:00), so "between start_date and end_date inclusive" for campaign 8
-  (2017-05-08 to 2017-06-25) is [2017-05-08, 2017-06-26): exact for any time on the last day.
+- Redemptions carry a date only (the converter puts them at the day's last microsecond), so "between
+  start_date and end_date inclusive" for campaign 8 (2017-05-08 to 2017-06-25) is [2017-05-08, 2017-06-26):
+  exact for any time on the last day.
 """
 
 from datetime import UTC, datetime

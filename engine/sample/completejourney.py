@@ -1,8 +1,8 @@
 """Converting 84.51°'s Complete Journey (see shared/data/completejourney/README.md) into a nudge snapshot.
 
 Mapping: a household is a user; each basket is one `purchase` (value = sum of its lines' sales_value); each
-campaign a household received is a `campaign_received` at the campaign's start_date; each coupon redemption is
-a `coupon_redeemed` at 00:00 of its redemption_date.
+campaign a household received is a `campaign_received` at 00:00 of the campaign's start_date; each coupon
+redemption is a `coupon_redeemed` at the last microsecond (23:59:59.999999) of its redemption_date.
 
 Times are taken as UTC wall-clock time. The source timestamps are naive store-local times in unknown zones,
 and the data README's reference segment windows (e.g. [2017-12-02 00:00, 2018-01-01 00:00)) are stated on those
@@ -15,13 +15,17 @@ Data traps, handled on purpose:
 - 11,226 lines have sales_value <= 0 (returns, free items, full discounts). They stay in their basket's sum,
   so 478 baskets have a value <= 0. Dropping them would lose baskets (the count must stay 155,848) and bend
   "how many purchases" segments; consumers who want revenue can filter on value.
-- redemption_date has no time of day, so redemptions sit at 00:00 and a same-day join needs a day-level rule.
+- redemption_date has a day but no time. It reads as "some time that day", after a campaign that started that
+  day: the README counts redemptions between start_date and end_date inclusive. So a redemption sits at its
+  day's last microsecond, after a same-day receipt at 00:00 (and after a journey entered on it by that day's
+  run), yet still in its own day's partition, rollup and windows. Joins with baskets' seconds still need a
+  day-level rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 
 import polars as pl
@@ -29,6 +33,7 @@ import polars as pl
 from engine.contract import EVENTS_DIR, USERS_DIR, partition_name
 
 SOURCE_FILES = ("transactions", "campaigns", "campaign_descriptions", "coupon_redemptions", "demographics")
+LAST_MICROSECOND = time(23, 59, 59, 999_999)
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,16 @@ def campaigns_received(campaigns: pl.LazyFrame, descriptions: pl.LazyFrame) -> p
 
 
 def coupons_redeemed(redemptions: pl.LazyFrame) -> pl.LazyFrame:
-    """One `coupon_redeemed` per redemption row, at 00:00 of its day."""
+    """One `coupon_redeemed` per redemption row, at the last microsecond of its day.
+
+    The source gives a date only. The day's end stands for "some time that day", which orders a redemption
+    after a campaign receipt of the same day (at 00:00) and keeps it in its own day, so the data README's
+    inclusive rule (redeemed between start_date and end_date) holds for a journey entered on the receipt.
+    """
     return redemptions.select(
         pl.col("household_id").cast(pl.String).alias("user_id"),
         pl.lit("coupon_redeemed").alias("event"),
-        _utc(pl.col("redemption_date").dt.truncate("1d")).alias("ts"),
+        _utc(pl.col("redemption_date").dt.combine(LAST_MICROSECOND)).alias("ts"),
         pl.lit(None, dtype=pl.Float64).alias("value"),
         pl.struct("campaign_id", "coupon_upc").struct.json_encode().alias("properties"),
     )
