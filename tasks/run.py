@@ -19,11 +19,13 @@ from engine.experiments import ExperimentReport
 from engine.providers.factory import build_senders
 from engine.providers.settings import FcmSettings, SendGridSettings
 from engine.render import TemplateStore
+from engine.report_html import experiment_html
 from engine.run_log import finish_run, start_run
 from engine.segments import SegmentChange
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
 from tasks.pacing import provider_pacers
+from tasks.reports import publish_html
 
 
 @task(cache_policy=NO_CACHE)
@@ -135,11 +137,12 @@ def experiments_task(ctx: pipeline.RunContext, definitions: Definitions) -> list
     reports = pipeline.experiment_reports(ctx, definitions, connect(ctx.settings.database))
     for report in reports:
         experiment = report.experiment
-        create_markdown_artifact(
-            key=f"experiment-{experiment.journey}-{experiment.node}".replace("_", "-").lower(),
-            markdown=report.markdown(),
-            description=f"Experiment {experiment.title} as of {ctx.as_of:%Y-%m-%d %H:%M} UTC",
-        )
+        key = f"experiment-{experiment.journey}-{experiment.node}".replace("_", "-").lower()
+        description = f"Experiment {experiment.title} as of {ctx.as_of:%Y-%m-%d %H:%M} UTC"
+        create_markdown_artifact(key=key, markdown=report.markdown(), description=description)
+        html = experiment_html(report.result, name=experiment.title)
+        page = ctx.settings.home / "reports" / f"{key}-{ctx.as_of:%Y-%m-%dT%H%M}.html"
+        publish_html(page, html, key=key, description=description)
     return reports
 
 

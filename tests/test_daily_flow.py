@@ -207,6 +207,8 @@ def test_the_cart_email_experiment_is_published_counting_every_assigned_user(wor
     }
     for arm in ("control", "saved"):
         assert int(rows[arm][1].replace(",", "")) == sum(variant == arm for variant in assigned.values())
+    page = world.home / "reports" / f"experiment-abandoned-cart-email-reminder-{RUN_TIMES[-1]:%Y-%m-%dT%H%M}.html"
+    assert "saved" in page.read_text(encoding="utf-8")
 
 
 def test_the_run_history_records_definitions_and_snapshot(world: World):

@@ -95,6 +95,7 @@ def test_srm_against_the_configured_weights(frame: pl.DataFrame, result) -> None
     counts = [frame.filter(pl.col("arm") == a).height for a in ("control", "b", "c")]
     reference = stats.chisquare(counts, np.array([0.5, 0.25, 0.25]) * sum(counts))
     assert result.srm.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+    assert (result.srm.arms, result.srm.observed) == (("control", "b", "c"), tuple(counts))
     assert not result.srm.flagged
     # read against an even three-way split, the same users are a glaring mismatch
     assert analyze(frame, control="control", draws=1000).srm.flagged
@@ -104,6 +105,7 @@ def test_a_configured_arm_without_users_is_an_srm() -> None:
     frame = experiment(users=4000, with_pre=False)
     result = analyze(frame, control="control", expected_weights={"control": 2, "b": 1, "c": 1, "d": 1}, draws=1000)
     assert result.srm.observed[-1] == 0 and result.srm.flagged
+    assert result.srm.arms == ("control", "b", "c", "d")  # the configured order, the arm without users named
     assert [c.variant for c in result.conversion] == ["b", "c"]
     assert result.value_cuped == () and result.cuped_theta is None
 

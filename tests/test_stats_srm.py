@@ -77,3 +77,14 @@ def test_refuses_malformed_input() -> None:
         srm_check([10, 10], [1.0, 0.0])
     with pytest.raises(ValueError):
         srm_check([10, 10, 10], [1.0, 1.0])
+
+
+def test_names_each_count_and_refuses_names_that_do_not_fit() -> None:
+    """The names run beside the counts (a report reads one with the other); bare counts are numbered."""
+    named = srm_check([5000, 0, 5300], [1, 1, 1], arms=["control", "c", "b"])
+    assert named.arms == ("control", "c", "b") and named.observed == (5000, 0, 5300)
+    assert srm_check([5000, 5300], [1, 1]).arms == ("arm 1", "arm 2")
+    with pytest.raises(ValueError, match="one distinct name per count"):
+        srm_check([10, 10], [1.0, 1.0], arms=["a"])
+    with pytest.raises(ValueError, match="one distinct name per count"):
+        srm_check([10, 10], [1.0, 1.0], arms=["a", "a"])

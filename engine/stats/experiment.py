@@ -297,11 +297,11 @@ def _srm(
     expected: Mapping[str, float] | None,
     threshold: float,
 ) -> SrmCheck:
-    """The SRM check over every configured arm: one configured but absent counts as zero users."""
+    """The SRM check over every configured arm, named in the configured order; one absent counts as zero users."""
     arms = list(expected) if expected is not None else names
     observed = [rows[a]["users"] if a in rows else 0 for a in arms]
     weights = [expected[a] if expected is not None else 1.0 for a in arms]
-    return srm_check(observed, weights, threshold=threshold)
+    return srm_check(observed, weights, arms=arms, threshold=threshold)
 
 
 def _beta_bayes(

@@ -19,24 +19,44 @@ SRM_THRESHOLD = 0.001
 
 @dataclass(frozen=True)
 class SrmCheck:
-    """The chi-square statistic, its p-value and whether it is below the threshold."""
+    """The chi-square statistic, its p-value and whether it is below the threshold.
+
+    `arms`, `observed` and `expected` run in parallel, one entry per arm, so a report can name each count
+    (an arm configured but never assigned is there with 0 users) without being told the order separately.
+    """
 
     statistic: float
     df: int
     p_value: float
     flagged: bool
     threshold: float
+    arms: tuple[str, ...]
     observed: tuple[int, ...]
     expected: tuple[float, ...]
 
 
-def srm_check(observed: Sequence[int], weights: Sequence[float], *, threshold: float = SRM_THRESHOLD) -> SrmCheck:
+def srm_check(
+    observed: Sequence[int],
+    weights: Sequence[float],
+    *,
+    arms: Sequence[str] | None = None,
+    threshold: float = SRM_THRESHOLD,
+) -> SrmCheck:
     """Pearson's chi-square of the observed counts against `weights` (normalised to sum to one).
 
     chi2 = sum (O_i - E_i)^2 / E_i with E_i = N w_i, on k - 1 degrees of freedom (Pearson 1900).
+
+    Args:
+        observed: users per arm.
+        weights: the configured split, in the same order (any scale).
+        arms: the arms' names, in the same order; "arm 1", "arm 2", ... when omitted, for bare counts.
+        threshold: the p-value below which the check is flagged.
     """
+    names = tuple(arms) if arms is not None else tuple(f"arm {i + 1}" for i in range(len(observed)))
     if len(observed) != len(weights) or len(observed) < 2:
         raise ValueError(f"need matching counts and weights for two or more arms, got {observed}, {weights}")
+    if len(names) != len(observed) or len(set(names)) != len(names):
+        raise ValueError(f"need one distinct name per count, got {names} for {observed}")
     if any(w <= 0 for w in weights) or any(o < 0 for o in observed):
         raise ValueError(f"weights must be positive and counts non-negative, got {weights}, {observed}")
     total = sum(observed)
@@ -53,6 +73,7 @@ def srm_check(observed: Sequence[int], weights: Sequence[float], *, threshold: f
         p_value=p_value,
         flagged=p_value < threshold,
         threshold=threshold,
+        arms=names,
         observed=tuple(int(o) for o in observed),
         expected=expected,
     )
