@@ -53,8 +53,9 @@ def test_a_journey_leading_to_a_missing_node_is_refused(tree: Path):
 def test_a_journey_entering_on_an_unknown_segment_is_refused(tree: Path):
     path = tree / "definitions/journeys/abandoned_cart.yaml"
     path.write_text(path.read_text().replace("segment: cart_abandoners", "segment: cart_abandonners"))
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "cart_abandonners" in text)
     [problem] = problems(tree)
-    assert problem.startswith("journeys/abandoned_cart.yaml:7: entry.segment: unknown segment 'cart_abandonners'")
+    assert problem.startswith(f"journeys/abandoned_cart.yaml:{line}: entry.segment: unknown segment 'cart_abandonners'")
 
 
 def test_segments_referencing_each_other_in_a_loop_are_refused(tree: Path):

@@ -71,3 +71,8 @@ def test_the_report_flow_publishes_the_artifact(prefect_harness, tmp_path):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["activity-2026-10-01-2026-10-04"])), limit=1
         )
     assert artifact.data == report.markdown()
+    keys = [f"analytics-{name}-2026-10-05" for name in ("funnels", "engagement", "segments")]
+    with get_client(sync_client=True) as client:
+        analytics = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {artifact.key for artifact in analytics} == set(keys)
+    assert "abandoned_cart" in next(a.data for a in analytics if a.key == keys[0])
