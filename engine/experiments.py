@@ -13,25 +13,50 @@ assigned user, are what `engine.stats.experiment.analyze` takes:
 - `pre_value`: the same sum over the `goal.within` before assignment, the covariate CUPED needs.
 
 Journeys without a goal have nothing to convert to and no experiment here.
+
+Adaptive send experiments (`allocation: thompson`, see `engine.allocation`) change their shares run by run, so
+the sample-ratio check expects, for each arm, the sum over users of the share their arm had at the run that
+assigned them (the configured weights for users assigned before the node became adaptive). Their report adds
+the shares' history and the promotion rule's decision (`engine.stats.thompson.promotion_decision`) on the
+settled users, those whose attribution window had closed by `as_of`: "promote <variant>" when every threshold
+holds. Promoting is the operator's edit of the journey's YAML (the winner becomes the send's `template`); no run
+changes a definition. The arms are compared over all runs pooled, so a conversion rate that drifts while the
+shares move confounds arm with time: the settled-user figures the allocation uses share that limit.
 """
 
+import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 from sqlalchemy import Engine, select
 
 from engine.rule_properties import where_expr
 from engine.stats.experiment import ExperimentResult, analyze
+from engine.stats.thompson import Promotion, PromotionRule, promotion_decision
 from models.durations import format_duration
-from models.journeys import Goal, JourneyDefinition, SendNode, SplitNode
-from models.tables import JourneyInstance, JourneyTransition, OutboxMessage
+from models.journeys import Goal, JourneyDefinition, SendNode, SendSpec, SplitNode
+from models.tables import JourneyInstance, JourneyTransition, OutboxMessage, VariantAllocation
 
 _OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 _TRANSITIONS = JourneyTransition.__table__  # type: ignore[attr-defined]
 _INSTANCES = JourneyInstance.__table__  # type: ignore[attr-defined]
+_ALLOCATIONS = VariantAllocation.__table__  # type: ignore[attr-defined]
 _MOMENT = pl.Datetime("us", "UTC")
 ASSIGNMENT_SCHEMA = pl.Schema({"user_id": pl.String, "arm": pl.String, "assigned_at": _MOMENT})
+HISTORY_SCHEMA = pl.Schema(
+    {
+        "as_of": _MOMENT,
+        "variant": pl.String,
+        "share": pl.Float64,
+        "chance_to_be_best": pl.Float64,
+        "users": pl.Int64,
+        "conversions": pl.Int64,
+    }
+)
+HISTORY_ROWS = 10
+"""Runs of an adaptive experiment's share history a report shows, the latest."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,7 @@ class Experiment:
     kind: str  # "send" or "split"
     weights: dict[str, int]
     goal: Goal
+    thompson: SendSpec | None = None  # the send's settings when its allocation is adaptive
 
     @property
     def control(self) -> str:
@@ -54,19 +80,61 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class Adaptive:
+    """An adaptive experiment's shares run by run (`HISTORY_SCHEMA`, up to the report's as_of) and the promotion
+    rule's decision on its settled users."""
+
+    history: pl.DataFrame
+    promotion: Promotion
+
+    def markdown(self, experiment: Experiment, min_share: float) -> list[str]:
+        """The promotion line, then the latest shares: what an operator acts on comes first."""
+        arms = list(experiment.weights)
+        decision = self.promotion
+        leader = arms[decision.leader]
+        figures = f"chance to be best {decision.chance_to_be_best:.1%}, expected loss {decision.expected_loss:.5f}"
+        if decision.winner is not None:
+            lines = [
+                f"**promote {leader}**: {decision.reason} ({figures}). Make its template the send's only `template` "
+                "in the journey's YAML: that ends the experiment; no run changes a definition.",
+            ]
+        else:
+            lines = [f"No variant to promote yet (leader {leader}: {figures}): {decision.reason}."]
+        by_run: dict[datetime, dict[str, float]] = {}
+        for at, variant, share in self.history.select("as_of", "variant", "share").iter_rows():
+            by_run.setdefault(at, {})[variant] = share
+        shown = sorted(by_run)[-HISTORY_ROWS:]
+        lines += [
+            "",
+            f"Allocation: Thompson sampling on the users settled at each run (assigned more than "
+            f"{format_duration(experiment.goal.within)} before it), at least {min_share:.0%} per variant; "
+            f"shares of the last {len(shown)} of {len(by_run)} runs:",
+            "",
+            "| as of | " + " | ".join(arms) + " |",
+            "|---|" + "---:|" * len(arms),
+        ]
+        for at in shown:
+            shares = " | ".join(f"{by_run[at][arm]:.1%}" if arm in by_run[at] else "" for arm in arms)
+            lines.append(f"| {at:%Y-%m-%d %H:%M} | {shares} |")
+        return lines
+
+
+@dataclass(frozen=True)
 class ExperimentReport:
     experiment: Experiment
     as_of: datetime
     result: ExperimentResult
+    adaptive: Adaptive | None = None
 
     def markdown(self) -> str:
         """A table per arm, leading with a sample-ratio mismatch when there is one: then nothing else holds."""
         result, goal = self.result, self.experiment.goal
         lines = [f"### Experiment {self.experiment.title}", ""]
         if result.srm.flagged:
+            expected = "shares each run allocated" if self.adaptive else "configured weights"
             lines += [
                 f"**Sample ratio mismatch** (p = {result.srm.p_value:.2g}): users did not reach the arms in the "
-                "configured weights, so the figures below cannot be trusted.",
+                f"{expected}, so the figures below cannot be trusted.",
                 "",
             ]
         lines += [
@@ -86,6 +154,8 @@ class ExperimentReport:
                 f"| {arm.arm} | {arm.users:,} | {arm.conversions:,} | {arm.conversion_rate:.2%} "
                 f"| {interval.lower:.2%} to {interval.upper:.2%} | {arm.value_per_user:,.2f} | {chance} | {p_value} |"
             )
+        if self.adaptive is not None and self.experiment.thompson is not None:
+            lines += ["", *self.adaptive.markdown(self.experiment, self.experiment.thompson.min_share)]
         return "\n".join(lines) + "\n"
 
 
@@ -97,7 +167,8 @@ def experiments_of(journey: JourneyDefinition) -> list[Experiment]:
     for node_id, node in journey.nodes.items():
         if isinstance(node, SendNode) and node.send.variants:
             weights = {variant.variant: variant.weight for variant in node.send.variants}
-            found.append(Experiment(journey.name, node_id, "send", weights, journey.goal))
+            adaptive = node.send if node.send.allocation == "thompson" else None
+            found.append(Experiment(journey.name, node_id, "send", weights, journey.goal, adaptive))
         elif isinstance(node, SplitNode):
             weights = {arm.label: arm.weight for arm in node.split}
             found.append(Experiment(journey.name, node_id, "split", weights, journey.goal))
@@ -154,6 +225,58 @@ def outcomes(assigned: pl.DataFrame, events: pl.LazyFrame, goal: Goal) -> pl.Dat
     )
 
 
+def settled_results(
+    assigned: pl.DataFrame, events: pl.LazyFrame, experiment: Experiment, *, as_of: datetime
+) -> tuple[list[int], list[int]]:
+    """Conversions and users per arm (in `experiment.weights` order) among the users settled at `as_of`: assigned
+    more than `goal.within` before it, so every conversion attributable to them happened before as_of and is seen.
+    A user still inside the window is left out rather than counted as not converted: that would hold back the
+    arm that lately got more users."""
+    settled = assigned.filter(pl.col("assigned_at") + experiment.goal.within < as_of)
+    rows = outcomes(settled, events.filter(pl.col("ts") < as_of), experiment.goal)
+    counts = {
+        arm: (int(converted), users)
+        for arm, converted, users in rows.group_by("arm").agg(pl.col("converted").sum(), pl.len()).iter_rows()
+    }
+    arms = list(experiment.weights)
+    return [counts.get(arm, (0, 0))[0] for arm in arms], [counts.get(arm, (0, 0))[1] for arm in arms]
+
+
+def allocation_history(database: Engine, experiment: Experiment, *, as_of: datetime) -> pl.DataFrame:
+    """`HISTORY_SCHEMA`: the shares an adaptive experiment's runs drew, up to `as_of`, by as_of and variant."""
+    query = select(*(_ALLOCATIONS.c[name] for name in HISTORY_SCHEMA.names())).where(
+        _ALLOCATIONS.c.journey == experiment.journey,
+        _ALLOCATIONS.c.node == experiment.node,
+        _ALLOCATIONS.c.as_of <= as_of,
+    )
+    with database.connect() as conn:
+        rows = conn.execute(query).all()
+    return pl.DataFrame([tuple(row) for row in rows], schema=HISTORY_SCHEMA, orient="row").sort("as_of", "variant")
+
+
+def experiment_rng(experiment: Experiment, as_of: datetime, purpose: str) -> np.random.Generator:
+    """A Generator seeded by the experiment, the as_of and what it draws for: the same draws on every rerun and in
+    every process, independent between runs and between the allocation and the promotion decision."""
+    text = f"{experiment.journey}:{experiment.node}:{as_of.astimezone(UTC).isoformat()}:{purpose}"
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+def expected_users(assigned: pl.DataFrame, history: pl.DataFrame, experiment: Experiment) -> dict[str, float]:
+    """Users each arm should have had under the shares of the runs that assigned them (see the module docstring);
+    arms no run offered to anyone are left out, as the sample-ratio check takes positive weights only."""
+    total = sum(experiment.weights.values())
+    configured = {arm: weight / total for arm, weight in experiment.weights.items()}
+    drawn: dict[datetime, dict[str, float]] = {}
+    for at, variant, share in history.select("as_of", "variant", "share").iter_rows():
+        drawn.setdefault(at, {})[variant] = share
+    expected = dict.fromkeys(experiment.weights, 0.0)
+    for at, users in assigned.group_by("assigned_at").len().iter_rows():
+        for arm, share in drawn.get(at, configured).items():
+            if arm in expected:
+                expected[arm] += users * share
+    return {arm: users for arm, users in expected.items() if users > 0}
+
+
 def report_experiments(
     database: Engine, journeys: list[JourneyDefinition], *, events: pl.LazyFrame, as_of: datetime
 ) -> list[ExperimentReport]:
@@ -165,6 +288,20 @@ def report_experiments(
             if assigned.is_empty():
                 continue
             rows = outcomes(assigned, events.filter(pl.col("ts") <= as_of), experiment.goal)
-            result = analyze(rows, control=experiment.control, expected_weights=experiment.weights)
-            reports.append(ExperimentReport(experiment, as_of, result))
+            if experiment.thompson is None:
+                result = analyze(rows, control=experiment.control, expected_weights=experiment.weights)
+                reports.append(ExperimentReport(experiment, as_of, result))
+                continue
+            history = allocation_history(database, experiment, as_of=as_of)
+            expected = expected_users(assigned, history, experiment)
+            result = analyze(rows, control=experiment.control, expected_weights=expected)
+            adaptive = Adaptive(history, _promotion(assigned, events, experiment, as_of=as_of))
+            reports.append(ExperimentReport(experiment, as_of, result, adaptive))
     return reports
+
+
+def _promotion(assigned: pl.DataFrame, events: pl.LazyFrame, experiment: Experiment, *, as_of: datetime) -> Promotion:
+    assert experiment.thompson is not None
+    conversions, users = settled_results(assigned, events, experiment, as_of=as_of)
+    rule = PromotionRule(**experiment.thompson.promotion.model_dump())
+    return promotion_decision(conversions, users, rng=experiment_rng(experiment, as_of, "promotion"), rule=rule)

@@ -6,6 +6,8 @@ from `node_entered_at`, the moment of arrival.
 """
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 import polars as pl
@@ -34,6 +36,22 @@ from models.rules import Rule
 
 SPLIT_BUCKETS = 10_000
 """A split arm of weight w out of a total W takes the users whose bucket is in its w / W share of these."""
+SHARE_PARTS = 1_000_000
+"""A thompson share becomes an integer weight in millionths, finer than the buckets it is cut into."""
+ASSIGNED_SCHEMA = pl.Schema({"node": pl.String, "user_id": pl.String, "variant": pl.String})
+KEPT = ", kept from an earlier run"
+
+
+@dataclass(frozen=True)
+class ThompsonShares:
+    """What the thompson send nodes of a journey assign by at one run (drawn by `engine.allocation`).
+
+    `shares`: node -> variant -> share of the users never assigned at that node, for every thompson node.
+    `assigned`: `ASSIGNED_SCHEMA`, one row per node and user assigned at an earlier run: they keep that variant.
+    """
+
+    shares: Mapping[str, Mapping[str, float]]
+    assigned: pl.DataFrame
 
 
 def waiting_nodes(journey: JourneyDefinition) -> list[str]:
@@ -119,15 +137,17 @@ def step(
     users: pl.LazyFrame,
     behaviour: Behaviour,
     memberships: dict[str, pl.Series],
+    thompson: ThompsonShares | None = None,
 ) -> pl.DataFrame:
     """For each ready instance, the node it moves to (`next`), why (`reason`), and its `arm` after a split.
 
-    `ready` carries `matched_at` / `match_reason` for instances whose wait-for matched.
+    `ready` carries `matched_at` / `match_reason` for instances whose wait-for matched; `thompson` is as in
+    `send_variants`.
     """
     as_of = behaviour.as_of
     frame = with_rule_features(ready, _branch_rules(journey), users=users, behaviour=behaviour)
     frame = frame.join(split_arms(journey, ready).lazy(), on="instance_id", how="left").join(
-        send_variants(journey, ready).lazy(), on="instance_id", how="left"
+        send_variants(journey, ready, thompson).lazy(), on="instance_id", how="left"
     )
     next_node = pl.lit(None, pl.String)
     reason = pl.lit(None, pl.String)
@@ -141,7 +161,7 @@ def step(
                 planned = (
                     pl.lit(f"{node.send.channel} {node.send.template}")
                     if node.send.template
-                    else pl.format(f"{node.send.channel} {{}} (variant {{}})", "_template", "_variant")
+                    else pl.format(f"{node.send.channel} {{}} (variant {{}}{{}})", "_template", "_variant", "_note")
                 )
                 why = (
                     pl.when(pl.col("holdout"))
@@ -208,16 +228,55 @@ def split_arms(journey: JourneyDefinition, ready: pl.DataFrame) -> pl.DataFrame:
     return _by_bucket(journey.name, ready, choices, schema)
 
 
-def send_variants(journey: JourneyDefinition, frame: pl.DataFrame) -> pl.DataFrame:
-    """`instance_id, _variant, _template` for instances at send nodes with variants: the same sticky bucket as a
-    split, so a send experiment assigns users exactly as a split of the same weights would."""
+def send_variants(
+    journey: JourneyDefinition, frame: pl.DataFrame, thompson: ThompsonShares | None = None
+) -> pl.DataFrame:
+    """`instance_id, _variant, _template, _note` for instances at send nodes with variants.
+
+    A fixed send uses the same sticky bucket as a split over its weights, so it assigns users exactly as a split
+    of the same weights would. A thompson send cuts the same bucket by this run's shares, for users never
+    assigned at the node; a user assigned at an earlier run keeps that variant while it is still defined. Without
+    `thompson` (a simulation has no results) its shares are the starting ones. `_note` is what the transition's
+    reason adds after the variant: the share used, or that the variant was kept.
+    """
     choices = []
     for node_id, node in journey.nodes.items():
         if isinstance(node, SendNode) and node.send.variants:
-            shares = _shares([variant.weight for variant in node.send.variants])
-            for variant, (low, high) in zip(node.send.variants, shares, strict=True):
-                choices.append((node_id, low, high, variant.variant, variant.template))
-    return _by_bucket(journey.name, frame, choices, {"_variant": pl.String, "_template": pl.String})
+            spec = node.send
+            if spec.allocation == "thompson":
+                shares = thompson.shares[node_id] if thompson else spec.starting_shares
+                weights = [round(shares[variant.variant] * SHARE_PARTS) for variant in spec.variants]
+                notes = [f", share {shares[variant.variant]:.1%}" for variant in spec.variants]
+            else:
+                weights, notes = [variant.weight for variant in spec.variants], [""] * len(spec.variants)
+            for variant, (low, high), note in zip(spec.variants, _shares(weights), notes, strict=True):
+                choices.append((node_id, low, high, variant.variant, variant.template, note))
+    schema = {"_variant": pl.String, "_template": pl.String, "_note": pl.String}
+    bucketed = _by_bucket(journey.name, frame, choices, schema)
+    if thompson is None or thompson.assigned.is_empty():
+        return bucketed
+    kept = _kept_variants(journey, frame, thompson.assigned)
+    return pl.concat([bucketed.join(kept, on="instance_id", how="anti"), kept])
+
+
+def _kept_variants(journey: JourneyDefinition, frame: pl.DataFrame, assigned: pl.DataFrame) -> pl.DataFrame:
+    """The instances at thompson nodes whose user was assigned there earlier, with that variant if still defined."""
+    defined = pl.DataFrame(
+        [
+            (node_id, variant.variant, variant.template)
+            for node_id, node in journey.nodes.items()
+            if isinstance(node, SendNode) and node.send.allocation == "thompson"
+            for variant in node.send.variants or []
+        ],
+        schema={"node": pl.String, "variant": pl.String, "_template": pl.String},
+        orient="row",
+    )
+    return (
+        frame.select("instance_id", "node", "user_id")
+        .join(assigned.select(ASSIGNED_SCHEMA.names()), on=["node", "user_id"])
+        .join(defined, on=["node", "variant"])
+        .select("instance_id", pl.col("variant").alias("_variant"), "_template", pl.lit(KEPT).alias("_note"))
+    )
 
 
 def _shares(weights: list[int]) -> list[tuple[int, int]]:
@@ -253,14 +312,17 @@ def _by_bucket(journey: str, frame: pl.DataFrame, choices: list[tuple], schema: 
     )
 
 
-def plan_sends(journey: JourneyDefinition, moved: pl.DataFrame, *, version: str | None) -> pl.DataFrame:
+def plan_sends(
+    journey: JourneyDefinition, moved: pl.DataFrame, *, version: str | None, thompson: ThompsonShares | None = None
+) -> pl.DataFrame:
     """The messages planned by instances leaving send nodes; held-out instances plan none.
 
-    The send key is the instance, its step and node: the same on every rerun of the run that took the step.
+    The send key is the instance, its step and node: the same on every rerun of the run that took the step. The
+    variant is `send_variants`' with the same `thompson`, so a message carries the variant its reason names.
     """
     send_nodes = {node_id: node for node_id, node in journey.nodes.items() if isinstance(node, SendNode)}
     at_send = moved.filter(pl.col("node").is_in(list(send_nodes)), ~pl.col("holdout"))
-    at_send = at_send.join(send_variants(journey, at_send), on="instance_id", how="left")
+    at_send = at_send.join(send_variants(journey, at_send, thompson), on="instance_id", how="left")
     channel = pl.lit(None, pl.String)
     template = pl.col("_template")
     transactional = pl.lit(None, pl.Boolean)

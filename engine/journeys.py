@@ -29,7 +29,8 @@ a journey takes no new entries while in-flight instances finish (applied here).
 Determinism. Instance ids, steps and send keys are derived from the journey, user, entry time, key and path, so
 rerunning the same as_of over the state the first run left produces no transition at all, and over the state
 before it the very same rows. Nothing here reads the database or the clock: a simulation calls `run_journey` run
-after run with the state kept in memory (as `tests/journey_harness.Runner` does).
+after run with the state kept in memory (as `tests/journey_harness.Runner` does). What adaptive send experiments
+need from earlier runs (this run's shares, who was assigned what) comes in as `thompson` (see `engine.allocation`).
 """
 
 import polars as pl
@@ -37,7 +38,7 @@ import polars as pl
 from engine.behaviour import Behaviour
 from engine.journey_entry import enter
 from engine.journey_exits import early_exits
-from engine.journey_nodes import arrive, exit_nodes, plan_sends, step, waiting_nodes
+from engine.journey_nodes import ThompsonShares, arrive, exit_nodes, plan_sends, step, waiting_nodes
 from engine.journey_state import (
     INSTANCE_SCHEMA,
     KNOWN_SCHEMA,
@@ -80,6 +81,7 @@ def run_journey(
     users: pl.LazyFrame,
     behaviour: Behaviour,
     memberships: dict[str, pl.Series],
+    thompson: ThompsonShares | None = None,
 ) -> tuple[pl.DataFrame, Advance]:
     """One run of a journey: new entries, then every active instance (new ones included) advanced.
 
@@ -92,6 +94,8 @@ def run_journey(
         users: the users snapshot (attributes read by rules, `timezone`, delay dates).
         behaviour: events, rollups and deliveries visible at the run's as_of.
         memberships: members of every segment at as_of, by name.
+        thompson: this run's shares of the journey's thompson send nodes and their earlier assignments; without
+            it (a simulation) those nodes assign by their starting shares.
 
     Returns the new instances (for counting entries) and the run's whole result, entries included.
     """
@@ -105,6 +109,7 @@ def run_journey(
         behaviour=behaviour,
         memberships=memberships,
         version=version,
+        thompson=thompson,
     )
     instances = pl.concat([new.join(moved.instances, on="instance_id", how="anti"), moved.instances])
     return new, Advance(
@@ -122,10 +127,12 @@ def advance(
     behaviour: Behaviour,
     memberships: dict[str, pl.Series],
     version: str | None = None,
+    thompson: ThompsonShares | None = None,
 ) -> Advance:
     """Move every active instance as far as this run's as_of allows.
 
-    `version` is the current definition's, recorded on transitions and sends (the instance's own by default).
+    `version` is the current definition's, recorded on transitions and sends (the instance's own by default);
+    `thompson` as in `run_journey`.
     """
     as_of = behaviour.as_of
     state = _normalized(active)
@@ -154,9 +161,9 @@ def advance(
             break
         if moves == limit:
             raise AssertionError(f"journey {journey.name}: instances still moving after {limit} steps in one run")
-        stepped = step(journey, ready, users=users, behaviour=behaviour, memberships=memberships)
+        stepped = step(journey, ready, users=users, behaviour=behaviour, memberships=memberships, thompson=thompson)
         steps.append(transitions(stepped, at=as_of, version=version))
-        sends.append(plan_sends(journey, stepped, version=version))
+        sends.append(plan_sends(journey, stepped, version=version, thompson=thompson))
         arrived = stepped.with_columns(
             pl.col("next").alias("node"),
             moment(as_of).alias("node_entered_at"),

@@ -12,6 +12,7 @@ from datetime import datetime
 import polars as pl
 from sqlalchemy import Engine
 
+from engine.allocation import thompson_shares
 from engine.behaviour import Behaviour
 from engine.db import upsert
 from engine.definition_checks import absent_attribute_columns, check_against_snapshot
@@ -162,26 +163,34 @@ def advance_journeys(
     """Enter and advance every active journey, then plan all their messages under the delivery controls.
 
     Messages are planned together because the controls look across journeys (priority, caps); each journey's
-    step is then written in its own transaction, with its outbox rows.
+    step is then written in its own transaction, with its outbox rows. Adaptive send experiments get this run's
+    shares first, drawn once and stored (`engine.allocation`).
     """
     settings = ctx.settings
     users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
     memberships = {name: change.members for name, change in changes.items()}
     steps = {}
+    live = {name: journey for name, journey in sorted(definitions.journeys.items()) if runs_live(journey)}
+    shares = {
+        name: thompson_shares(
+            database, journey, events=behaviour.events, as_of=ctx.as_of, run_id=ctx.run_id, store=not ctx.dry_run
+        )
+        for name, journey in live.items()
+    }
     with database.connect() as conn:
-        for name, journey in sorted(definitions.journeys.items()):
-            if runs_live(journey):
-                steps[name] = run_journey(
-                    journey,
-                    definitions.journey_version(name),
-                    entered=_segment_entries(journey, changes),
-                    known=load_known(conn, name),
-                    active=load_active(conn, name),
-                    users=users,
-                    behaviour=behaviour,
-                    memberships=memberships,
-                )
+        for name, journey in live.items():
+            steps[name] = run_journey(
+                journey,
+                definitions.journey_version(name),
+                entered=_segment_entries(journey, changes),
+                known=load_known(conn, name),
+                active=load_active(conn, name),
+                users=users,
+                behaviour=behaviour,
+                memberships=memberships,
+                thompson=shares[name],
+            )
     return record_journey_steps(ctx, definitions, database, users, steps)
 
 

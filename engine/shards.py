@@ -38,6 +38,7 @@ import polars as pl
 from sqlalchemy import Engine
 
 from engine import pipeline
+from engine.allocation import thompson_shares
 from engine.behaviour import Behaviour
 from engine.db import connect, upsert
 from engine.definitions import Definitions, load_definitions
@@ -309,18 +310,27 @@ def merge_segments(
 
 
 def journey_shard(ctx: pipeline.RunContext, shard: Shard, versions: Mapping[str, str]) -> dict[str, int]:
-    """Run every live journey for one shard's users into the scratch folder; returns transitions per journey."""
+    """Run every live journey for one shard's users into the scratch folder; returns transitions per journey.
+
+    Adaptive send experiments' shares are population-wide: every shard reads (or, first, draws and stores) them
+    from all users' events, so all shards use the shares a single-process run would.
+    """
     settings = ctx.settings
     definitions = definitions_for(settings, versions)
     scratch = ShardScratch(settings, ctx.run_id)
     users = shard.keep(pipeline.users_at(settings, ctx.as_of, definitions))
-    behaviour = shard.behaviour(pipeline.behaviour_at(settings, ctx.as_of))
+    everyone = pipeline.behaviour_at(settings, ctx.as_of)
+    behaviour = shard.behaviour(everyone)
     memberships, entered = scratch.read_changes(shard)
     counts = {}
-    with connect(settings.database).connect() as conn:
+    database = connect(settings.database)
+    with database.connect() as conn:
         for name, journey in sorted(definitions.journeys.items()):
             if not runs_live(journey):
                 continue
+            shares = thompson_shares(
+                database, journey, events=everyone.events, as_of=ctx.as_of, run_id=ctx.run_id, store=not ctx.dry_run
+            )
             known = load_known(conn, name)
             new, result = run_journey(
                 journey,
@@ -331,6 +341,7 @@ def journey_shard(ctx: pipeline.RunContext, shard: Shard, versions: Mapping[str,
                 users=users,
                 behaviour=behaviour,
                 memberships=memberships,
+                thompson=shares,
             )
             scratch.write_step(shard, name, new, result)
             counts[name] = result.transitions.height

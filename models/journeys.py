@@ -10,7 +10,8 @@ what it does; all but exits name the node(s) that follow:
     wait_for:   {event: E, where: {...}, match_key: true} | {segment: S}  + timeout, matched, timed_out
     split:      [{arm: A, weight: 50, next: N}, ...]
     send:       {channel: email|push, template: T, transactional: false}                        + next
-                (or variants: [{variant: control, template: T, weight: 1}, ...] instead of template)
+                (or variants: [{variant: control, template: T, weight: 1}, ...] instead of template,
+                 + allocation: fixed | thompson, min_share: 0.05, promotion: {min_users_per_arm: 1000, ...})
     exit:       <reason>
 
 Settings: `goal` (a conversion event within an attribution window since entry), `exit_when` (rules checked
@@ -318,6 +319,14 @@ class Variant(_Strict):
 
 
 class SendSpec(_Strict):
+class PromotionSettings(_Strict):
+    """The thresholds of the rule that declares a thompson send's winner (`engine.stats.thompson`: all must hold)."""
+
+    min_chance_to_be_best: float = Field(default=0.95, gt=0.5, lt=1)
+    max_expected_loss: float = Field(default=0.001, ge=0, description="in conversion rate: 0.001 is 0.1 point")
+    min_users_per_arm: int = Field(default=1000, ge=1)
+
+
     """`transactional` marks a message the user asked for (a receipt, a reset link): delivery controls meant
     for marketing (frequency caps, quiet hours) do not hold it back.
 
@@ -327,10 +336,21 @@ class SendSpec(_Strict):
     analysis compares users as assigned (intent to treat), not only those the controls let through.
     """
 
+    `allocation: thompson` (variants only, in a journey with a goal) makes the experiment adaptive: before each
+    run, the share of users never assigned at this node that each variant gets moves towards the variant likelier
+    to convert best (Thompson sampling on the goal; `engine.allocation` holds the rules). Every variant keeps at
+    least `min_share` of them, so one that started unlucky can still recover; before any result is in, the
+    shares follow the weights. A user keeps the first variant assigned, whatever the shares do later. When
+    `promotion`'s thresholds all hold, the experiment's report says "promote <variant>"; nothing changes by
+    itself: the operator makes the winner this send's `template` here, which ends the experiment.
+
     channel: Literal["email", "push"]
     template: str | None = Field(default=None, pattern=SLUG)
     variants: list[Variant] | None = Field(default=None, min_length=2, max_length=MAX_VARIANTS)
     transactional: bool = False
+    allocation: Literal["fixed", "thompson"] = "fixed"
+    min_share: float = Field(default=0.05, gt=0, le=0.5, description="thompson: each variant's least share")
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @model_validator(mode="after")
     def _one_way_to_choose_a_template(self) -> SendSpec:
@@ -342,11 +362,33 @@ class SendSpec(_Strict):
         return self
 
     @property
+    @model_validator(mode="after")
+    def _thompson_settings(self) -> SendSpec:
+        if self.allocation == "fixed":
+            if stray := sorted({"min_share", "promotion"} & self.model_fields_set):
+                raise ValueError(f"{' and '.join(stray)} only apply to `allocation: thompson`")
+            return self
+        if self.variants is None:
+            raise ValueError("`allocation: thompson` shares traffic between `variants`: list them")
+        if self.min_share * len(self.variants) >= 1:
+            raise ValueError(
+                f"a min_share of {self.min_share} for {len(self.variants)} variants leaves nothing to adapt"
+            )
+        return self
+
     def templates(self) -> list[str]:
         """Every template this send may use, in definition order, each once."""
         found = [self.template] if self.template else [variant.template for variant in self.variants or []]
         return list(dict.fromkeys(found))
 
+
+    @property
+    def starting_shares(self) -> dict[str, float]:
+        """A thompson send's shares before any result: min_share each, the rest by weight."""
+        variants = self.variants or []
+        total = sum(variant.weight for variant in variants)
+        rest = 1.0 - self.min_share * len(variants)
+        return {variant.variant: self.min_share + rest * variant.weight / total for variant in variants}
 
 class SendNode(_Strict):
     send: SendSpec

@@ -144,3 +144,22 @@ class ProviderPause(SQLModel, table=True):
     until: datetime = Field(sa_column=_utc())
     error_code: str
     run_id: str
+
+
+class VariantAllocation(SQLModel, table=True):
+    """One variant's share of the users a thompson send experiment (`allocation: thompson`) assigns at one as_of,
+    drawn before that run's journeys advance: a rerun of the as_of reads it back instead of drawing again, and
+    the experiment's report shows the history. `users` and `conversions` are the settled results it was drawn
+    from; `chance_to_be_best` is null for the starting shares, drawn from no result."""
+
+    __tablename__ = "variant_allocation"
+
+    journey: str = Field(primary_key=True)
+    node: str = Field(primary_key=True)
+    as_of: datetime = Field(sa_column=_utc(primary_key=True))
+    variant: str = Field(primary_key=True)
+    share: float
+    chance_to_be_best: float | None = None
+    users: int
+    conversions: int
+    run_id: str
