@@ -43,6 +43,7 @@ from bench.fake_process import FakeProcess, accepted_sends
 from bench.report import count, ratio, seconds, table
 from bench.timing import Timing, best_of, timed
 from bench.workload import REPO_ROOT, parse_count
+from engine.channels.registry import channel as channel_named
 from engine.contexts import builder_for
 from engine.db import connect
 from engine.dispatch import DispatchPolicy, dispatch_channel
@@ -81,12 +82,7 @@ def dispatch_policy(channel: str, sizes: Sizes) -> DispatchPolicy:
     names = {f.name for f in dataclasses.fields(DispatchPolicy)}
     wanted: dict[str, Any] = {"clock": BenchClock(), "batch_size": batch_size, "wave_size": wave_size}
     if wave_size is None:
-        try:
-            from engine.dispatch_policy import WAVE_SIZES
-
-            wanted["wave_size"] = WAVE_SIZES.get(channel)
-        except ImportError:
-            pass
+        wanted["wave_size"] = channel_named(channel).wave_size
     return DispatchPolicy(**{name: v for name, v in wanted.items() if name in names and v is not None})
 
 
@@ -311,7 +307,7 @@ def with_fakes(
     fill_outbox(database, workload)
     n = workload.messages
     with fakes_in(mode, directory / "fakes") as (env, fake_cpu, accepted), senders_for(env) as senders:
-        by_channel: dict[str, Any] = {"email": senders.email, "push": senders.push}
+        by_channel: dict[str, Any] = {"email": senders["email"], "push": senders["push"]}
         for channel in CHANNELS:
             wave = wave_of(dispatch_policy(channel, sizes))
             messages = rendered[channel]

@@ -276,6 +276,7 @@ def _configure_local_prefect(prefect_home: Path) -> None:
 
 
 def _day_line(summary: object) -> str:
+    from engine.channels.registry import channels
     from engine.summary import RunSummary
 
     assert isinstance(summary, RunSummary)
@@ -289,7 +290,7 @@ def _day_line(summary: object) -> str:
         f"{channel}: planned {messages.get(f'{channel}_planned', 0):,} (held {messages.get(f'{channel}_held', 0):,}),"
         f" sent {messages.get(f'{channel}_sent', 0):,},"
         f" skipped {messages.get(f'{channel}_skipped', 0):,}, failed {messages.get(f'{channel}_failed', 0):,}"
-        for channel in ("email", "push")
+        for channel in channels()
     )
     day = f"{summary.as_of:%Y-%m-%d %H:%M} UTC"
     return f"\n{day}\n  segments  {segments}\n  journeys  {journeys}\n  messages  {channels}"

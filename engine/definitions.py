@@ -2,13 +2,16 @@
 
 Each file is validated on its own (errors name file, line and field), then the set as a whole: references
 between segments resolve and do not loop, journeys enter on known segments, and every template a journey sends
-exists, has a context builder, and renders with that builder's sample context. All problems are gathered and
-raised together, so one pass fixes them all. The content hash of every file is the version a run records.
+exists, has a context builder, and renders with that builder's sample context (as its channel checks it). All
+problems are gathered and raised together, so one pass fixes them all. The content hash of every file is the
+version a run records.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.channels.registry import channel as channel_named
+from engine.channels.registry import load_channel_plugins
 from engine.contexts import builder_for
 from engine.definition_checks import RuleSite, entry_windows_outside_journeys, journey_rules, journey_segments
 from engine.python_segments import PythonSegment, load_python_segment
@@ -39,6 +42,9 @@ class Definitions:
 
 
 def load_definitions(root: Path, templates: TemplateStore) -> Definitions:
+    """Every definition under `root`, checked; the channel plugins of NUDGE_CHANNEL_PLUGINS are loaded first, so
+    that a definition naming their channels validates and one naming an unknown channel does not."""
+    load_channel_plugins()
     problems: list[Problem] = []
     versions: dict[str, str] = {}
     segments: dict[str, SegmentDefinition] = {}
@@ -179,11 +185,7 @@ def _check_template(
     if shown in broken:
         return None
     try:
-        sample = builder_for(template).sample
-        if channel == "email":
-            version = templates.validate_email(template, sample).version
-        else:
-            version = templates.validate_push(template, sample).version
+        version = channel_named(channel).check_template(templates, template, builder_for(template).sample)
     except (KeyError, MessageTemplateError) as error:
         broken.add(shown)
         return str(error).strip('"')

@@ -44,14 +44,13 @@ planned message) and the local clock, computed once per distinct time zone.
 import functools
 import hashlib
 from datetime import datetime, timedelta
-from typing import get_args
 
 import polars as pl
 
-from models.delivery import Channel, ControlGroup, DeliveryPolicy, QuietHours, QuietWindow
+from engine.channels.registry import channels
+from models.delivery import ControlGroup, DeliveryPolicy, QuietHours, QuietWindow
 
 MESSAGE = ("instance_id", "node", "as_of")
-CHANNELS: tuple[Channel, ...] = get_args(Channel)
 _UTC_INSTANT = pl.Datetime("us", "UTC")
 _BUCKETS = 10_000  # control-group buckets: a percent with two decimals is a whole number of them
 _CLOCK_SCHEMA = pl.Schema(
@@ -151,7 +150,7 @@ def _local_clock(zones: list[str], quiet: QuietHours | None, as_of: datetime) ->
     rows = []
     for zone in zones:
         now = _wall_clock(as_of, zone)
-        for channel in CHANNELS:
+        for channel in channels():
             dropped, not_before = _quiet(now, quiet.window(channel) if quiet else None, zone, as_of)
             day = _wall_clock(not_before or as_of, zone).date()
             rows.append((zone, channel, dropped, not_before, day, day - timedelta(days=day.weekday())))

@@ -1,5 +1,7 @@
 """Dispatch the outbox for one channel: claim a batch, render it, send it in waves, record every outcome.
 
+Rendering and sending are the channel's own (`engine.channels`): this loop is the same for every channel.
+
 A batch of rows is claimed and rendered together, then goes out in waves of at most `wave_size` messages (as
 many as the sender has in flight at once). Each wave is marked `sending` in one commit right before its
 requests and recorded in one commit right after them, so a crash leaves at most one wave with an unknown
@@ -27,10 +29,12 @@ from sqlalchemy import Engine
 
 from engine import ledger
 from engine.behaviour import Behaviour
+from engine.channels.channel import Claimed, Message, Sender
+from engine.channels.registry import channel as channel_named
 from engine.contexts import builder_for
 from engine.dispatch_policy import AMBIGUOUS_CODES, DispatchPolicy
 from engine.providers.errors import ConfigurationError
-from engine.providers.messages import Email, EmailSender, Outcome, Push, PushSender
+from engine.providers.messages import Outcome
 from engine.render import TemplateRenderError, TemplateStore
 
 __all__ = ["ConfigurationAlert", "DispatchCounts", "DispatchPolicy", "Pace", "dispatch_channel", "in_doubt",
@@ -92,7 +96,7 @@ class _Run:
     run_id: str
     dispatcher: str
     policy: DispatchPolicy
-    sender: EmailSender | PushSender
+    sender: Sender
     pace: Pace | None
     counts: DispatchCounts
 
@@ -105,7 +109,7 @@ def dispatch_channel(
     behaviour: Behaviour,
     users: pl.LazyFrame,
     templates: TemplateStore,
-    sender: EmailSender | PushSender,
+    sender: Sender,
     policy: DispatchPolicy,
     pace: Pace | None = None,
 ) -> DispatchCounts:
@@ -144,7 +148,7 @@ def dispatch_channel(
     return run.counts
 
 
-def _send_waves(run: _Run, rows: pl.DataFrame, messages: Sequence[Email | Push]) -> bool:
+def _send_waves(run: _Run, rows: pl.DataFrame, messages: Sequence[Message]) -> bool:
     """Send a rendered batch wave by wave; False when the channel must stop for this run."""
     attempts: dict[str, int] = dict(rows.select("send_key", "attempts").iter_rows())
     recipients: dict[str, str | None] = dict(rows.select("send_key", "recipient").iter_rows())
@@ -162,7 +166,7 @@ def _send_waves(run: _Run, rows: pl.DataFrame, messages: Sequence[Email | Push])
         if not sendable:
             continue  # another dispatcher took them
         run.counts.possible_duplicates += len(doubtful & marked)
-        outcomes = run.sender.send(sendable)  # type: ignore[arg-type]
+        outcomes = run.sender.send(sendable)
         recorded = ledger.record(
             run.engine, outcomes, channel=run.channel, dispatcher=run.dispatcher, run_id=run.run_id,
             attempts={key: attempts[key] + 1 for key in marked}, recipients=recipients, policy=run.policy,
@@ -211,27 +215,23 @@ def _render(
     behaviour: Behaviour,
     users: pl.LazyFrame,
     templates: TemplateStore,
-) -> tuple[list[Email | Push], list[Outcome]]:
-    """Each claimed row rendered into a message, or a failed Outcome when its template does not render."""
-    messages: list[Email | Push] = []
+) -> tuple[list[Message], list[Outcome]]:
+    """Each claimed row rendered into a message by its channel, or a failed Outcome when its template does not
+    render."""
+    compose = channel_named(channel).compose
+    messages: list[Message] = []
     failures: list[Outcome] = []
     for (template,), group in rows.group_by("template", maintain_order=True):
         contexts = builder_for(str(template)).build(group, users, behaviour)
         merged = group.join(contexts, on="send_key", how="left")
         for row in merged.iter_rows(named=True):
             try:
-                messages.append(_message(row, channel, run_id, templates))
+                messages.append(compose(_claimed(row, run_id), templates))
             except TemplateRenderError as error:
                 failures.append(Outcome(row["send_key"], "failed", error_code="template_error", detail=str(error)))
     return messages, failures
 
 
-def _message(row: dict[str, Any], channel: str, run_id: str, templates: TemplateStore) -> Email | Push:
+def _claimed(row: dict[str, Any], run_id: str) -> Claimed:
     context = {key: value for key, value in row.items() if key not in ("recipient", "attempts", "error_code")}
-    if channel == "email":
-        email = templates.email(row["template"]).render(context)
-        categories = (f"journey:{row['journey']}", f"template:{row['template']}")
-        return Email(row["send_key"], run_id, row["recipient"], email.subject, email.html, email.text, categories)
-    push = templates.push(row["template"]).render(context)
-    data = {"journey": row["journey"], "template": row["template"]}
-    return Push(row["send_key"], run_id, row["recipient"], push.title, push.body, data)
+    return Claimed(row["send_key"], run_id, row["recipient"], row["journey"], row["template"], context)

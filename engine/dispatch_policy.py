@@ -29,14 +29,18 @@ A `connection` outcome (nothing answered) is retried as usual: errors.py does no
 (nothing sent) from one reset after the request was written (in doubt).
 """
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveInt
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from engine.channels.registry import channel as channel_named
+from engine.channels.registry import channels
 from engine.providers.messages import Outcome
 
 InDoubtPolicy = Literal["resend", "hold"]
@@ -55,8 +59,6 @@ CONFIGURATION_CODES = frozenset(
 )  # fmt: skip
 # Provider waits about one target (FCM counts quota per device and topic), not the whole account.
 PER_MESSAGE_WAIT_CODES = frozenset({"QUOTA_EXCEEDED"})
-# Messages handed to a sender at once: the SendGrid sender's worker threads; one FCM send_each chunk.
-WAVE_SIZES = {"email": 8, "push": 100}
 
 
 class Clock(Protocol):
@@ -115,7 +117,11 @@ def is_configuration_error(outcome: Outcome) -> bool:
 
 
 class DispatchSettings(BaseSettings):
-    """Dispatch knobs from the environment: NUDGE_DISPATCH_IN_DOUBT=hold, NUDGE_DISPATCH_MAX_ATTEMPTS=5, ..."""
+    """Dispatch knobs from the environment: NUDGE_DISPATCH_IN_DOUBT=hold, NUDGE_DISPATCH_MAX_ATTEMPTS=5, ...
+
+    A channel's wave size is its own default (`Channel.wave_size`: 8 emails, 100 pushes) unless
+    NUDGE_DISPATCH_<CHANNEL>_WAVE_SIZE sets it, for every registered channel alike.
+    """
 
     model_config = SettingsConfigDict(env_prefix="NUDGE_DISPATCH_", extra="ignore")
 
@@ -125,8 +131,18 @@ class DispatchSettings(BaseSettings):
     backoff_seconds: float = Field(default=2.0, ge=0)
     in_doubt_after_seconds: float = Field(default=300.0, gt=0)
     batch_size: int = Field(default=500, ge=1)
-    email_wave_size: int = Field(default=WAVE_SIZES["email"], ge=1)
-    push_wave_size: int = Field(default=WAVE_SIZES["push"], ge=1)
+    wave_sizes: dict[str, PositiveInt] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _WaveSizes(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     def policy(self, channel: str, clock: Clock) -> DispatchPolicy:
         """The policy for one channel, on `clock`."""
@@ -134,9 +150,24 @@ class DispatchSettings(BaseSettings):
             clock=clock,
             in_doubt=self.in_doubt,
             batch_size=self.batch_size,
-            wave_size=self.email_wave_size if channel == "email" else self.push_wave_size,
+            wave_size=self.wave_sizes.get(channel, channel_named(channel).wave_size),
             max_attempts=self.max_attempts,
             max_wait_seconds=self.max_wait_seconds,
             backoff_seconds=self.backoff_seconds,
             in_doubt_after_seconds=self.in_doubt_after_seconds,
         )
+
+
+class _WaveSizes(PydanticBaseSettingsSource):
+    """`wave_sizes` from NUDGE_DISPATCH_<CHANNEL>_WAVE_SIZE, one variable per registered channel."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        sizes = {
+            name: os.environ[variable]
+            for name in channels()
+            if (variable := f"NUDGE_DISPATCH_{name.upper()}_WAVE_SIZE") in os.environ
+        }
+        return {"wave_sizes": sizes} if sizes else {}

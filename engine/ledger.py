@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from engine.channels.registry import channel as channel_named
 from engine.db import insert_new
 from engine.dispatch_policy import (
     AMBIGUOUS_CODES,
@@ -32,7 +33,6 @@ from engine.dispatch_policy import (
     is_configuration_error,
     pauses_channel,
 )
-from engine.feedback.suppressions import normalize_address
 from engine.providers.messages import Outcome
 from models.feedback import Suppression
 from models.tables import OutboxMessage, ProviderPause
@@ -49,7 +49,6 @@ _CLAIM_SCHEMA = {
 }  # fmt: skip
 # Suppression reasons that dispatch itself records, and the skip reason a row to such a recipient gets.
 _DEAD_REASONS = ("unregistered", "invalid_recipient")
-_SOURCES = {"email": "sendgrid", "push": "fcm"}
 _NOT_YET_SENT = ("planned", "retryable", "claimed")
 
 # The statements every wave runs, built once: building a Core statement costs more than running it on SQLite.
@@ -316,9 +315,10 @@ def _transition(
 
 def _dead_recipients(conn: Connection, channel: str, recipients: Sequence[str]) -> dict[str, str]:
     """The recipients on the suppression list for `channel`, as given, with the skip reason they earn."""
+    normalize = channel_named(channel).normalize
     forms: dict[str, list[str]] = {}
     for recipient in recipients:
-        forms.setdefault(normalize_address(channel, recipient), []).append(recipient)
+        forms.setdefault(normalize(recipient), []).append(recipient)
     if not forms:
         return {}
     found = conn.execute(
@@ -342,15 +342,16 @@ def _by_reason(rows: pl.DataFrame, dead: Mapping[str, str]) -> dict[str, list[st
 
 def _bury(conn: Connection, channel: str, dead: Mapping[str, str], now: datetime) -> int:
     """Suppress dead recipients and skip every row to them that has not been sent; returns rows skipped."""
+    spec = channel_named(channel)
     insert_new(
         conn,
         _SUPPRESSION,
         [
             {
                 "channel": channel,
-                "address": normalize_address(channel, recipient),
+                "address": spec.normalize(recipient),
                 "reason": reason,
-                "source": _SOURCES.get(channel, channel),
+                "source": spec.suppression_source,
                 "event_id": None,
                 "since": now,
             }
@@ -359,8 +360,8 @@ def _bury(conn: Connection, channel: str, dead: Mapping[str, str], now: datetime
     )
     skipped = 0
     for reason in set(dead.values()):
-        forms = [normalize_address(channel, r) for r, why in dead.items() if why == reason]
-        column = func.lower(_C.recipient) if channel == "email" else _C.recipient
+        forms = [spec.normalize(r) for r, why in dead.items() if why == reason]
+        column = func.lower(_C.recipient) if spec.fold_case else _C.recipient
         skipped += _skip(conn, and_(_C.channel == channel, column.in_(forms)), reason, _C.status.in_(_NOT_YET_SENT))
     return skipped
 

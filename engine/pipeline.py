@@ -14,6 +14,8 @@ from sqlalchemy import Engine
 
 from engine.allocation import thompson_shares
 from engine.behaviour import Behaviour
+from engine.channels.registry import channels
+from engine.channels.senders import Senders
 from engine.db import upsert
 from engine.definition_checks import absent_attribute_columns, check_against_snapshot
 from engine.definitions import Definitions
@@ -28,7 +30,6 @@ from engine.journey_state import Advance
 from engine.journey_store import load_active, load_decided, load_known, load_send_history, save_step
 from engine.journeys import SEND_SCHEMA, run_journey, runs_live
 from engine.outbox import plan_outbox, skip_suppressed
-from engine.providers.factory import Senders
 from engine.python_segments import compute_python_memberships, dry_run
 from engine.render import TemplateStore
 from engine.rollups import arrival_fingerprints, scan_rollups, update_rollups
@@ -170,7 +171,6 @@ def advance_journeys(
     users = users_at(settings, ctx.as_of, definitions)
     behaviour = behaviour_at(settings, ctx.as_of)
     memberships = {name: change.members for name, change in changes.items()}
-    steps = {}
     live = {name: journey for name, journey in sorted(definitions.journeys.items()) if runs_live(journey)}
     shares = {
         name: thompson_shares(
@@ -178,6 +178,7 @@ def advance_journeys(
         )
         for name, journey in live.items()
     }
+    steps = {}
     with database.connect() as conn:
         for name, journey in live.items():
             steps[name] = run_journey(
@@ -206,10 +207,9 @@ def record_journey_steps(
     with database.connect() as conn:
         sends = pl.concat([result.sends for _, result in steps.values()]) if steps else pl.DataFrame(schema=SEND_SCHEMA)
         outbox = plan_outbox(sends, users, run_id=ctx.run_id, as_of=ctx.as_of)
-        emails = outbox.filter(pl.col("channel") == "email").get_column("recipient").drop_nulls().to_list()
-        outbox = skip_suppressed(outbox, "email", suppressed(conn, "email", emails))
-        tokens = outbox.filter(pl.col("channel") == "push").get_column("recipient").drop_nulls().to_list()
-        outbox = skip_suppressed(outbox, "push", suppressed(conn, "push", tokens), reason="unregistered")
+        for name, spec in channels().items():
+            addresses = outbox.filter(pl.col("channel") == name).get_column("recipient").drop_nulls().to_list()
+            outbox = skip_suppressed(outbox, name, suppressed(conn, name, addresses), spec.suppression_reason)
         history = load_send_history(conn, as_of=ctx.as_of)
         priorities = {name: journey.priority for name, journey in definitions.journeys.items()}
         decided = load_decided(conn, as_of=ctx.as_of, priorities=priorities)
@@ -241,14 +241,14 @@ def dispatch(
     clock: Clock,
     pacers: Mapping[str, Pace] | None = None,
 ) -> dict[str, DispatchCounts]:
-    """Send what is sendable in the outbox, email then push. Dry runs never get here: they build no senders.
+    """Send what is sendable in the outbox, channel by channel in the order of `senders` (email, push, then
+    plugins). Dry runs never get here: they build no senders.
 
-    A channel stopped by a configuration error does not stop the other; the caller decides how loudly to fail
+    A channel stopped by a configuration error does not stop the others; the caller decides how loudly to fail
     (`engine.dispatch.raise_for_configuration`). `pacers` maps a channel to its pace before each wave.
     """
     users = load_users(ctx.settings.snapshot, as_of=ctx.as_of).users.lazy()
     behaviour = behaviour_at(ctx.settings, ctx.as_of)
-    channels = {"email": senders.email, "push": senders.push}
     return {
         channel: dispatch_channel(
             database,
@@ -257,11 +257,11 @@ def dispatch(
             behaviour=behaviour,
             users=users,
             templates=templates,
-            sender=sender,
+            sender=senders[channel],
             policy=settings.policy(channel, clock),
             pace=(pacers or {}).get(channel),
         )
-        for channel, sender in channels.items()
+        for channel in senders
     }
 
 

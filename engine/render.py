@@ -4,7 +4,8 @@ A template is a folder of files under the templates root: ``email/<name>/{subjec
 body.txt.j2}`` or ``push/<name>/{title.txt.j2, body.txt.j2}``. Templates run in an immutable sandbox with
 ``StrictUndefined`` and HTML autoescaping (``.html.j2`` only), so a missing variable or an unsafe attribute
 is an error, never a blank or a leak in a sent message. ``validate_email``/``validate_push`` find those
-errors before a run sends anything.
+errors before a run sends anything. A channel added by a plugin keeps its templates in ``<channel>/<name>/``
+and reads them with ``load`` and ``check``.
 
 Errors::
 
@@ -142,12 +143,12 @@ class TemplateStore:
 
     def email(self, name: str) -> EmailTemplate:
         """Return the compiled email template ``email/<name>/`` (TemplateValidationError if unusable)."""
-        version, (subject, html, text) = self._load("email", name, EMAIL_FILES)
+        version, (subject, html, text) = self.load("email", name, EMAIL_FILES)
         return EmailTemplate(name, version, subject, html, text)
 
     def push(self, name: str) -> PushTemplate:
         """Return the compiled push template ``push/<name>/`` (TemplateValidationError if unusable)."""
-        version, (title, body) = self._load("push", name, PUSH_FILES)
+        version, (title, body) = self.load("push", name, PUSH_FILES)
         return PushTemplate(name, version, title, body)
 
     def validate_email(self, name: str, declared: Mapping[str, Any]) -> EmailTemplate:
@@ -156,22 +157,23 @@ class TemplateStore:
         ``declared`` maps every context variable to an example value of the right shape.
         """
         template = self.email(name)
-        self._check(declared, [template.subject, template.html, template.text], template.render)
+        self.check(declared, [template.subject, template.html, template.text], template.render)
         return template
 
     def validate_push(self, name: str, declared: Mapping[str, Any]) -> PushTemplate:
         """Check ``push/<name>/`` against a sample of the context it will get; return it if usable."""
         template = self.push(name)
-        self._check(declared, [template.title, template.body], template.render)
+        self.check(declared, [template.title, template.body], template.render)
         return template
 
-    def _check(
+    def check(
         self,
         declared: Mapping[str, Any],
         files: list[TemplateFile],
         render: Callable[[Mapping[str, Any]], object],
     ) -> None:
-        """Check statically, naming every unknown variable; then render the sample once for the rest.
+        """Check ``files`` against the sample context ``declared``: statically, naming every unknown variable;
+        then ``render(declared)`` once for the rest. Raises TemplateValidationError.
 
         The sample render catches what names alone cannot, such as ``user.nickname`` on a user without one.
         """
@@ -185,7 +187,9 @@ class TemplateStore:
         except TemplateRenderError as exc:
             raise TemplateValidationError(exc.file, exc.message) from exc
 
-    def _load(self, kind: str, name: str, filenames: tuple[str, ...]) -> tuple[str, list[TemplateFile]]:
+    def load(self, kind: str, name: str, filenames: tuple[str, ...]) -> tuple[str, list[TemplateFile]]:
+        """The version and compiled files of ``<kind>/<name>/<filename>``: how a channel reads its own template
+        parts (``kind`` is the channel's name). TemplateValidationError names the file when one is unusable."""
         key = f"{kind}/{name}"
         if key not in self._cache:
             if not _NAME.fullmatch(name):

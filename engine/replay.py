@@ -29,6 +29,7 @@ from sqlalchemy import Boolean, Column, Engine, Float, Integer, String, Table, s
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from engine.channels.registry import channels
 from engine.db import connect
 from engine.run_log import LiveRun
 from engine.segments import MembershipStore
@@ -239,9 +240,7 @@ def day_counts(database: Engine, as_of: datetime) -> dict[str, int]:
 
 
 def compare(as_of: datetime, live: dict[str, int] | None, replay: dict[str, int]) -> list[Comparison]:
-    items = sorted(
-        set(replay) | set(live or {}) | {f"{c} {k}" for c in ("email", "push") for k in ("messages", "to send")}
-    )
+    items = sorted(set(replay) | set(live or {}) | {f"{c} {k}" for c in channels() for k in ("messages", "to send")})
     return [Comparison(as_of, item, None if live is None else live.get(item, 0), replay.get(item, 0)) for item in items]
 
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from engine.channels.registry import channels
 from engine.dispatch import DispatchCounts
 from engine.pipeline import IngestSummary, JourneySummary, SegmentSummary
 
@@ -75,7 +76,7 @@ class RunSummary:
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         messages = self.messages()
-        for channel in ("email", "push"):
+        for channel in channels():
             cells = [
                 messages.get(f"{channel}_{k}", 0) for k in ("planned", "held", "sent", "skipped", "failed", "retryable")
             ]
@@ -99,7 +100,7 @@ class RunSummary:
                     f"{channel} paused by the provider until {counts.paused_until.isoformat()}: the rest"
                     " goes out in a later run."
                 )
-        duplicates = sum(messages.get(f"{channel}_possible_duplicates", 0) for channel in ("email", "push"))
+        duplicates = sum(messages.get(f"{channel}_possible_duplicates", 0) for channel in channels())
         if duplicates:
             notes.append(
                 f"**{duplicates} possible duplicate(s)**: re-sent after a crash or timeout left their"

@@ -14,9 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
+from engine.channels.registry import ChannelName
 from models.segments import SLUG
 
-Channel = Literal["email", "push"]
+Channel = ChannelName  # any registered channel (`engine.channels`), built-in or from a plugin
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 

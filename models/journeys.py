@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine.channels.registry import ChannelName
 from models.durations import Duration, format_duration, parse_duration
 from models.rules import Rule, Scalar, Timestamp
 from models.segments import SLUG
@@ -318,7 +319,6 @@ class Variant(_Strict):
     weight: int = Field(default=1, gt=0)
 
 
-class SendSpec(_Strict):
 class PromotionSettings(_Strict):
     """The thresholds of the rule that declares a thompson send's winner (`engine.stats.thompson`: all must hold)."""
 
@@ -327,6 +327,7 @@ class PromotionSettings(_Strict):
     min_users_per_arm: int = Field(default=1000, ge=1)
 
 
+class SendSpec(_Strict):
     """`transactional` marks a message the user asked for (a receipt, a reset link): delivery controls meant
     for marketing (frequency caps, quiet hours) do not hold it back.
 
@@ -334,7 +335,6 @@ class PromotionSettings(_Strict):
     probability weight / total, by the same sticky hash of user, journey and node as a split. The first variant
     is the control. The variant is recorded on every message at planning, skipped ones included, so that an
     analysis compares users as assigned (intent to treat), not only those the controls let through.
-    """
 
     `allocation: thompson` (variants only, in a journey with a goal) makes the experiment adaptive: before each
     run, the share of users never assigned at this node that each variant gets moves towards the variant likelier
@@ -343,14 +343,15 @@ class PromotionSettings(_Strict):
     shares follow the weights. A user keeps the first variant assigned, whatever the shares do later. When
     `promotion`'s thresholds all hold, the experiment's report says "promote <variant>"; nothing changes by
     itself: the operator makes the winner this send's `template` here, which ends the experiment.
+    """
 
-    channel: Literal["email", "push"]
+    channel: ChannelName
     template: str | None = Field(default=None, pattern=SLUG)
     variants: list[Variant] | None = Field(default=None, min_length=2, max_length=MAX_VARIANTS)
-    transactional: bool = False
     allocation: Literal["fixed", "thompson"] = "fixed"
     min_share: float = Field(default=0.05, gt=0, le=0.5, description="thompson: each variant's least share")
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    transactional: bool = False
 
     @model_validator(mode="after")
     def _one_way_to_choose_a_template(self) -> SendSpec:
@@ -361,7 +362,6 @@ class PromotionSettings(_Strict):
             raise ValueError(f"variant names must differ: {names}")
         return self
 
-    @property
     @model_validator(mode="after")
     def _thompson_settings(self) -> SendSpec:
         if self.allocation == "fixed":
@@ -376,11 +376,11 @@ class PromotionSettings(_Strict):
             )
         return self
 
+    @property
     def templates(self) -> list[str]:
         """Every template this send may use, in definition order, each once."""
         found = [self.template] if self.template else [variant.template for variant in self.variants or []]
         return list(dict.fromkeys(found))
-
 
     @property
     def starting_shares(self) -> dict[str, float]:
@@ -389,6 +389,7 @@ class PromotionSettings(_Strict):
         total = sum(variant.weight for variant in variants)
         rest = 1.0 - self.min_share * len(variants)
         return {variant.variant: self.min_share + rest * variant.weight / total for variant in variants}
+
 
 class SendNode(_Strict):
     send: SendSpec

@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine.channels.registry import ChannelName
 from models.durations import Duration, format_duration, parse_duration
 
 RULE_KINDS = (
@@ -244,7 +245,7 @@ class EngagementSpec(_CountBounds):
 
     journey: str | None = Field(default=None, min_length=1)
     template: str | None = Field(default=None, min_length=1)
-    channel: Literal["email", "push"] | None = None
+    channel: ChannelName | None = None
     within: Window | None = None
 
     @model_validator(mode="after")

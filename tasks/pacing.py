@@ -1,8 +1,8 @@
 """Provider throughput paced by Prefect global concurrency limits used as rate limits, shared by every run.
 
-An operator creates one limit per provider. Its slots decay at the sustained rate the provider allows, so the
-limit caps messages per second across all runs and workers; `--limit` is the burst, at least one wave (8 emails,
-100 pushes by default):
+An operator creates one limit per channel, of the name the channel gives (`Channel.rate_limit`; a plugin names
+its own). Its slots decay at the sustained rate the provider allows, so the limit caps messages per second across
+all runs and workers; `--limit` is the burst, at least one wave (8 emails, 100 pushes by default):
 
     prefect gcl create nudge-sendgrid --limit 600 --slot-decay-per-second 100
     prefect gcl create nudge-fcm --limit 1000 --slot-decay-per-second 500
@@ -19,9 +19,8 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import rate_limit
 from prefect.exceptions import ObjectNotFound
 
+from engine.channels.registry import channels
 from engine.dispatch import Pace
-
-RATE_LIMITS = {"email": "nudge-sendgrid", "push": "nudge-fcm"}
 
 
 class RateLimitPacer:
@@ -45,11 +44,16 @@ class RateLimitPacer:
         self._credit -= n
 
 
+def rate_limits() -> dict[str, str]:
+    """The name of the Prefect rate limit of every registered channel (`Channel.rate_limit`)."""
+    return {name: spec.rate_limit for name, spec in channels().items()}
+
+
 def provider_pacers(logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Pace]:
     """A pacer for each channel whose rate limit exists and is active, read once from the Prefect API."""
     pacers: dict[str, Pace] = {}
     with get_client(sync_client=True) as client:
-        for channel, name in RATE_LIMITS.items():
+        for channel, name in rate_limits().items():
             try:
                 found = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:

@@ -11,13 +11,13 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from engine import pipeline
+from engine.channels.registry import load_channel_plugins
+from engine.channels.senders import build_channel_senders
 from engine.db import connect
 from engine.definitions import Definitions, load_definitions
 from engine.dispatch import DispatchCounts, in_doubt, raise_for_configuration
 from engine.dispatch_policy import DispatchSettings, WallClock
 from engine.experiments import ExperimentReport
-from engine.providers.factory import build_senders
-from engine.providers.settings import FcmSettings, SendGridSettings
 from engine.render import TemplateStore
 from engine.report_html import experiment_html
 from engine.run_log import finish_run, start_run
@@ -79,12 +79,14 @@ def dispatch_task(ctx: pipeline.RunContext) -> dict[str, DispatchCounts]:
     """Send through the configured providers; the ledger, not Prefect retries, makes sends happen once.
 
     Paced by the Prefect rate limits of `tasks/pacing.py` where they exist, on the wall clock. A provider that
-    refuses our credentials fails the task (after the other channel was sent) with a ConfigurationAlert.
+    refuses our credentials fails the task (after the other channels were sent) with a ConfigurationAlert.
+    Channel plugins are loaded here too: the dispatch-only flow reads no definitions.
     """
     if ctx.dry_run:
         return {}
     logger = get_run_logger()
-    with build_senders(SendGridSettings(), FcmSettings()) as senders:
+    load_channel_plugins()
+    with build_channel_senders() as senders:
         templates = TemplateStore(ctx.settings.templates_dir)
         counts = pipeline.dispatch(
             ctx,

@@ -74,7 +74,7 @@ def dispatch(
     database: Engine, senders: Senders, run_id: str, rule: DispatchPolicy | None = None, **kwargs: object
 ) -> DispatchCounts:
     """Dispatch the emails in batches of 4 and waves of 3, retrying after 10 ms unless `rule` says otherwise."""
-    return dispatch_with(database, "email", senders.email, rule or policy(), run_id, **kwargs)  # type: ignore[arg-type]
+    return dispatch_with(database, "email", senders["email"], rule or policy(), run_id, **kwargs)  # type: ignore[arg-type]
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:

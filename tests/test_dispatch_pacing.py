@@ -8,7 +8,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from tasks.pacing import RATE_LIMITS, provider_pacers
+from tasks.pacing import provider_pacers, rate_limits
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fcm_limit(prefect_harness: None) -> Iterator[str]:
     """`nudge-fcm` as an operator creates it: 10 slots, 20 decaying per second."""
-    name = RATE_LIMITS["push"]
+    name = rate_limits()["push"]
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=10, slot_decay_per_second=20.0)

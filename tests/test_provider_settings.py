@@ -101,8 +101,8 @@ def test_the_fakes_env_makes_build_senders_talk_to_them(fakes: FakeProviders, mo
         monkeypatch.setenv(name, value)
 
     with build_senders(SendGridSettings(), FcmSettings()) as senders:
-        [mailed] = senders.email.send([Email("k-1", "run-1", "ada@example.com", "Hi", "<p>Hi</p>", "Hi")])
-        [pushed] = senders.push.send([Push("p-1", "run-1", "token-1", "Hi", "There")])
+        [mailed] = senders["email"].send([Email("k-1", "run-1", "ada@example.com", "Hi", "<p>Hi</p>", "Hi")])
+        [pushed] = senders["push"].send([Push("p-1", "run-1", "token-1", "Hi", "There")])
 
     assert set(env) == {
         "NUDGE_SENDGRID_API_KEY",

@@ -36,7 +36,8 @@ def reports(live: EngineSettings) -> tuple[SimulationReport, SimulationReport, d
         raise AssertionError("a simulation must not build provider clients")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine.providers.factory, "build_senders", no_senders)
+        patch.setattr(engine.providers.factory, "build_email_sender", no_senders)
+        patch.setattr(engine.providers.factory, "build_push_sender", no_senders)
         first = simulate("cart_recovery", *DAYS, settings=live)
         second = simulate("cart_recovery", *DAYS, settings=live)
     return first, second, before, listing(live.home)

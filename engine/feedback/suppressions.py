@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
 
+from engine.channels.registry import channel as channel_named
 from engine.db import insert_new
 from engine.feedback.meanings import meaning_of
 from engine.feedback.payload import WebhookEvent
@@ -30,9 +31,8 @@ _MESSAGE_DROP_REASONS = ("Invalid SMTPAPI header", "Spam Content", "Recipient Li
 
 
 def normalize_address(channel: str, address: str) -> str:
-    """The form addresses are stored and compared in: emails ignore case, as mailbox providers do; tokens not."""
-    address = address.strip()
-    return address.lower() if channel == EMAIL else address
+    """The form addresses are stored and compared in, as the channel says: emails ignore case, tokens not."""
+    return channel_named(channel).normalize(address)
 
 
 def suppression_reason(event: WebhookEvent) -> str | None:
