@@ -19,6 +19,7 @@ from tasks.run import (
     journeys_task,
     load_definitions_task,
     publish_artifacts_task,
+    publish_run_html_task,
     segments_task,
     start_run_task,
 )
@@ -59,5 +60,6 @@ def daily_campaign(as_of: datetime | None = None, dry_run: bool = False) -> RunS
     )
     if not dry_run:
         finish_run_task(ctx, summary)
+        publish_run_html_task(ctx)
     publish_artifacts_task(summary)
     return summary

@@ -1,7 +1,7 @@
 """Prefect tasks for one engine run: each wires settings, database and providers around one plain step."""
 
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,7 +19,8 @@ from engine.dispatch import DispatchCounts, in_doubt, raise_for_configuration
 from engine.dispatch_policy import DispatchSettings, WallClock
 from engine.experiments import ExperimentReport
 from engine.render import TemplateStore
-from engine.report_html import experiment_html
+from engine.report_html import activity_html, experiment_html
+from engine.reports import activity_report
 from engine.run_log import finish_run, start_run
 from engine.segments import SegmentChange
 from engine.settings import EngineSettings
@@ -130,6 +131,17 @@ def publish_artifacts_task(summary: RunSummary) -> None:
         table=[{"segment": s.name, "size": s.size, "entered": s.entered, "exited": s.exited} for s in summary.segments],
         description="Segment sizes and churn",
     )
+
+
+@task(cache_policy=NO_CACHE)
+def publish_run_html_task(ctx: pipeline.RunContext, days: int = 7) -> None:
+    """A live run's HTML page: the activity of the week up to and including this run, charts first, so the
+    UI shows with each run how it compares with the days before."""
+    end = ctx.as_of.date()
+    report = activity_report(connect(ctx.settings.database), start=end - timedelta(days=days - 1), end=end)
+    key = f"run-{ctx.as_of:%Y-%m-%d-%H%M}"
+    page = ctx.settings.home / "reports" / f"{key}.html"
+    publish_html(page, activity_html(report), key=key, description=f"Engine run {ctx.run_id} and the days before")
 
 
 @task(cache_policy=NO_CACHE)

@@ -211,6 +211,12 @@ def test_the_cart_email_experiment_is_published_counting_every_assigned_user(wor
     assert "saved" in page.read_text(encoding="utf-8")
 
 
+def test_each_live_run_writes_its_html_page_with_the_days_before(world: World):
+    for as_of in RUN_TIMES:
+        page = (world.home / "reports" / f"run-{as_of:%Y-%m-%d-%H%M}.html").read_text(encoding="utf-8")
+        assert f"{as_of:%Y-%m-%d}" in page and "<svg" in page
+
+
 def test_the_run_history_records_definitions_and_snapshot(world: World):
     table = Run.__table__
     with connect(world.database_url).connect() as conn:
