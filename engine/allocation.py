@@ -35,21 +35,14 @@ from engine.experiments import (
 )
 from engine.journey_nodes import ASSIGNED_SCHEMA, ThompsonShares
 from engine.stats.thompson import thompson_allocation
-from models.journeys import JourneyDefinition, SendNode
+from models.journeys import JourneyDefinition
 from models.tables import VariantAllocation
 
 _ALLOCATIONS = VariantAllocation.__table__  # type: ignore[attr-defined]
 
 
 def thompson_experiments(journey: JourneyDefinition) -> list[Experiment]:
-    """The journey's send experiments with adaptive allocation; refused without a goal, which they adapt to."""
-    adaptive = [
-        node_id
-        for node_id, node in journey.nodes.items()
-        if isinstance(node, SendNode) and node.send.allocation == "thompson"
-    ]
-    if adaptive and journey.goal is None:
-        raise ValueError(f"journey {journey.name!r}: nodes {adaptive} allocate by thompson, which needs a goal")
+    """The journey's send experiments with adaptive allocation (the journey model requires a goal for them)."""
     return [experiment for experiment in experiments_of(journey) if experiment.thompson is not None]
 
 

@@ -516,6 +516,13 @@ class JourneyDefinition(_Strict):
         reserved += [criterion.reason for criterion in self.exit_when]
         if clash := sorted(set(reserved) & set(RESERVED_EXIT_REASONS)):
             raise ValueError(f"exit reasons {clash} are recorded by the engine itself: choose another name")
+        adaptive = [
+            f"node {node_id!r}"
+            for node_id, node in self.nodes.items()
+            if isinstance(node, SendNode) and node.send.allocation == "thompson"
+        ]
+        if adaptive and self.goal is None:
+            raise ValueError(f"allocation: thompson adapts to the journey's goal: add one ({', '.join(adaptive)})")
         return self
 
     def accepts_entries(self, as_of: Any) -> bool:

@@ -307,8 +307,8 @@ def test_thompson_without_variants_or_a_goal_is_refused():
     nodes = {"go": {"send": single, "next": "end"}, "end": {"exit": "done"}}
     with pytest.raises(ValidationError, match="shares traffic between `variants`"):
         JourneyDefinition.model_validate({"name": "j", "entry": {"segment": "s"}, "start": "go", "nodes": nodes})
-    with pytest.raises(ValueError, match="allocate by thompson, which needs a goal"):
-        thompson_experiments(journey(JOURNEY.replace("goal: {event: purchase, within: 12h}\n", "")))
+    with pytest.raises(ValidationError, match="allocation: thompson adapts to the journey's goal: add one"):
+        journey(JOURNEY.replace("goal: {event: purchase, within: 12h}\n", ""))
 
 
 def test_only_users_whose_attribution_window_has_closed_count_towards_the_shares():
