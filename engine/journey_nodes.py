@@ -145,7 +145,11 @@ def step(
     `send_variants`.
     """
     as_of = behaviour.as_of
-    frame = with_rule_features(ready, _branch_rules(journey), users=users, behaviour=behaviour)
+    branching = pl.col("node").is_in(
+        [node_id for node_id, node in journey.nodes.items() if isinstance(node, BranchNode)]
+    )
+    featured = with_rule_features(ready.filter(branching), _branch_rules(journey), users=users, behaviour=behaviour)
+    frame = pl.concat([featured, ready.filter(~branching).lazy()], how="diagonal_relaxed")  # features only where read
     frame = frame.join(split_arms(journey, ready).lazy(), on="instance_id", how="left").join(
         send_variants(journey, ready, thompson).lazy(), on="instance_id", how="left"
     )

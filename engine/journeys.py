@@ -155,8 +155,9 @@ def advance(
     matches = wait_matches(journey, state, behaviour=behaviour, memberships=memberships)
     state = _with_matches(state, matches)
     limit = len(journey.nodes) + 1  # no path of instant nodes is longer; one more for the wait left first
+    frontier = state  # after the first pass only instances that just moved can be ready: the others' state is as it was
     for moves in range(limit + 1):
-        ready = state.filter(_ready(journey, as_of))
+        ready = frontier.filter(_ready(journey, as_of))
         if ready.is_empty():
             break
         if moves == limit:
@@ -169,10 +170,9 @@ def advance(
             moment(as_of).alias("node_entered_at"),
             (pl.col("steps") + 1).alias("steps"),
             *(pl.lit(None, dtype).alias(name) for name, dtype in MATCH_SCHEMA.items() if name != "instance_id"),
-        ).select(state.columns)
-        arrived = arrive(arrived, journey, users=users)
-        moved.append(arrived.select(INSTANCE_SCHEMA.names()))
-        state = pl.concat([state.join(arrived.select("instance_id"), on="instance_id", how="anti"), arrived])
+        ).select(frontier.columns)
+        frontier = arrive(arrived, journey, users=users)
+        moved.append(frontier.select(INSTANCE_SCHEMA.names()))
     changed = concat_or_empty(moved, INSTANCE_SCHEMA).unique("instance_id", keep="last")
     return Advance(
         instances=changed.sort("instance_id"),
