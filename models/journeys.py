@@ -190,7 +190,7 @@ Entry = Annotated[
 
 
 class LocalTimeDelay(_Strict):
-    """Until the next time the user's clock shows this time (their `timezone` attribute, UTC when missing),
+    """Until the next time the user's clock shows this time (their `timezone` attribute, UTC when missing or unknown),
     strictly after arriving: arriving at 09:00 sharp waits a day. DST-correct: on a day the clock skips the
     time it means the end of the skip; on a day it shows it twice, the first showing."""
 
@@ -198,8 +198,9 @@ class LocalTimeDelay(_Strict):
 
 
 class AttributeDelay(_Strict):
-    """Until a date attribute plus `offset` (`-3d`: three days before). A date already passed, or a missing
-    attribute, does not wait: the instance moves on in the same run (so this delay may take no time)."""
+    """Until a date attribute plus `offset` (`-3d`: three days before). A date already passed (or equal to the
+    arrival instant), or a missing attribute, does not wait: the instance moves on in the same run (so this delay
+    may take no time)."""
 
     until_attribute: str = Field(min_length=1)
     offset: SignedDuration = timedelta(0)
