@@ -1,12 +1,14 @@
 """Journey experiments read back from what runs recorded: who was assigned which arm, and who converted.
 
-An experiment is a send node with variants or a split node, in a journey with a goal. Its rows, one per
-assigned user, are what `engine.stats.experiment.analyze` takes:
+An experiment is a send node with variants or a split node, in a journey with a goal; and, in a journey with a
+holdout and a goal, the holdout itself: held-out users (entered, sent nothing) are the control the others are
+measured against, the journey's own lift. Its rows, one per assigned user, are what
+`engine.stats.experiment.analyze` takes:
 
 - assignment, intent to treat: a send experiment's users are every user with an outbox row at the node, in any
   status (capped, quieted and unreachable users stay in their arm); a split's are every user whose instance
   left the split node. A user who re-entered keeps the arm (assignment is sticky) and is counted once, from
-  the first assignment.
+  the first assignment. A holdout's users are every user who entered, assigned at their first entry.
 - attribution: the user converted if a goal event (name and `where` filters) happened after the first
   assignment and no later than `goal.within` after it; `value` sums those events' values. Events after the
   report's `as_of` are not seen, so a recent user may still convert: the figures are as of that instant.
@@ -30,12 +32,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, select
 
 from engine.rule_properties import where_expr
 from engine.stats.experiment import ExperimentResult, analyze
 from engine.stats.thompson import Promotion, PromotionRule, promotion_decision
 from models.durations import format_duration
+from models.feedback import DeliveryFact
 from models.journeys import Goal, JourneyDefinition, SendNode, SendSpec, SplitNode
 from models.tables import JourneyInstance, JourneyTransition, OutboxMessage, VariantAllocation
 
@@ -55,6 +58,7 @@ HISTORY_SCHEMA = pl.Schema(
         "conversions": pl.Int64,
     }
 )
+GUARDRAIL_SCHEMA = pl.Schema({"arm": pl.String, "sent": pl.Int64, "opened": pl.Int64, "clicked": pl.Int64})
 HISTORY_ROWS = 10
 """Runs of an adaptive experiment's share history a report shows, the latest."""
 
@@ -65,7 +69,7 @@ class Experiment:
 
     journey: str
     node: str
-    kind: str  # "send" or "split"
+    kind: str  # "send", "split" or "holdout"
     weights: dict[str, int]
     goal: Goal
     thompson: SendSpec | None = None  # the send's settings when its allocation is adaptive
@@ -125,6 +129,7 @@ class ExperimentReport:
     as_of: datetime
     result: ExperimentResult
     adaptive: Adaptive | None = None
+    guardrails: pl.DataFrame | None = None  # send experiments: `GUARDRAIL_SCHEMA`, one row per arm
 
     def markdown(self) -> str:
         """A table per arm, leading with a sample-ratio mismatch when there is one: then nothing else holds."""
@@ -154,16 +159,38 @@ class ExperimentReport:
                 f"| {arm.arm} | {arm.users:,} | {arm.conversions:,} | {arm.conversion_rate:.2%} "
                 f"| {interval.lower:.2%} to {interval.upper:.2%} | {arm.value_per_user:,.2f} | {chance} | {p_value} |"
             )
+        if self.guardrails is not None and not self.guardrails.is_empty():
+            lines += _guardrail_lines(self.guardrails)
         if self.adaptive is not None and self.experiment.thompson is not None:
             lines += ["", *self.adaptive.markdown(self.experiment, self.experiment.thompson.min_share)]
         return "\n".join(lines) + "\n"
 
 
+def _guardrail_lines(guardrails: pl.DataFrame) -> list[str]:
+    """Opens and clicks per arm: a variant that converts by annoying people shows it here first."""
+    lines = [
+        "",
+        "Guardrails: users whose message was accepted by the provider, and the share of them with an open or a click "
+        "reported by the provider's webhook.",
+        "",
+        "| arm | sent to | opened | clicked |",
+        "|---|---:|---:|---:|",
+    ]
+    for arm, sent, opened, clicked in guardrails.iter_rows():
+        opened_share = f"{opened / sent:.1%}" if sent else "n/a"
+        clicked_share = f"{clicked / sent:.1%}" if sent else "n/a"
+        lines.append(f"| {arm} | {sent:,} | {opened:,} ({opened_share}) | {clicked:,} ({clicked_share}) |")
+    return lines
+
+
 def experiments_of(journey: JourneyDefinition) -> list[Experiment]:
-    """The journey's send and split experiments, in node order; none without a goal."""
+    """The journey's holdout, then its send and split experiments in node order; none without a goal."""
     if journey.goal is None:
         return []
     found = []
+    if journey.holdout:
+        weights = {"holdout": journey.holdout, "messaged": 100 - journey.holdout}
+        found.append(Experiment(journey.name, "holdout", "holdout", weights, journey.goal))
     for node_id, node in journey.nodes.items():
         if isinstance(node, SendNode) and node.send.variants:
             weights = {variant.variant: variant.weight for variant in node.send.variants}
@@ -183,6 +210,11 @@ def assignments(database: Engine, experiment: Experiment, *, as_of: datetime) ->
             _OUTBOX.c.node == experiment.node,
             _OUTBOX.c.variant.is_not(None),
             _OUTBOX.c.as_of <= as_of,
+        )
+    elif experiment.kind == "holdout":
+        held = case((_INSTANCES.c.holdout.is_(True), "holdout"), else_="messaged")
+        query = select(_INSTANCES.c.user_id, held, _INSTANCES.c.entered_at).where(
+            _INSTANCES.c.journey == experiment.journey, _INSTANCES.c.entered_at <= as_of
         )
     else:
         query = (
@@ -288,16 +320,49 @@ def report_experiments(
             if assigned.is_empty():
                 continue
             rows = outcomes(assigned, events.filter(pl.col("ts") <= as_of), experiment.goal)
+            checks = guardrails(database, experiment, as_of=as_of) if experiment.kind == "send" else None
             if experiment.thompson is None:
                 result = analyze(rows, control=experiment.control, expected_weights=experiment.weights)
-                reports.append(ExperimentReport(experiment, as_of, result))
+                reports.append(ExperimentReport(experiment, as_of, result, guardrails=checks))
                 continue
             history = allocation_history(database, experiment, as_of=as_of)
             expected = expected_users(assigned, history, experiment)
             result = analyze(rows, control=experiment.control, expected_weights=expected)
             adaptive = Adaptive(history, _promotion(assigned, events, experiment, as_of=as_of))
-            reports.append(ExperimentReport(experiment, as_of, result, adaptive))
+            reports.append(ExperimentReport(experiment, as_of, result, adaptive, checks))
     return reports
+
+
+def guardrails(database: Engine, experiment: Experiment, *, as_of: datetime) -> pl.DataFrame:
+    """`GUARDRAIL_SCHEMA` for a send experiment: per arm, users with an accepted message at the node by `as_of`,
+    and how many of them opened or clicked one (facts reported by `as_of`)."""
+    fact = DeliveryFact.__table__  # type: ignore[attr-defined]
+    engaged = {
+        kind: select(fact.c.send_key).where(fact.c.kind == kind, fact.c.ts <= as_of).scalar_subquery()
+        for kind in ("opened", "clicked")
+    }
+    query = select(
+        _OUTBOX.c.user_id,
+        _OUTBOX.c.variant,
+        _OUTBOX.c.send_key.in_(engaged["opened"]),
+        _OUTBOX.c.send_key.in_(engaged["clicked"]),
+    ).where(
+        _OUTBOX.c.journey == experiment.journey,
+        _OUTBOX.c.node == experiment.node,
+        _OUTBOX.c.status == "accepted",
+        _OUTBOX.c.as_of <= as_of,
+        _OUTBOX.c.variant.is_not(None),
+    )
+    with database.connect() as conn:
+        rows = conn.execute(query).all()
+    schema = {"user_id": pl.String, "arm": pl.String, "opened": pl.Boolean, "clicked": pl.Boolean}
+    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    order = pl.DataFrame({"arm": list(experiment.weights)})
+    per_user = frame.group_by("user_id", "arm").agg(pl.col("opened").any(), pl.col("clicked").any())
+    counted = per_user.group_by("arm").agg(
+        pl.len().alias("sent"), pl.col("opened").sum().alias("opened"), pl.col("clicked").sum().alias("clicked")
+    )
+    return order.join(counted, on="arm", how="left").fill_null(0).cast(GUARDRAIL_SCHEMA)  # type: ignore[arg-type]
 
 
 def _promotion(assigned: pl.DataFrame, events: pl.LazyFrame, experiment: Experiment, *, as_of: datetime) -> Promotion:

@@ -8,11 +8,12 @@ import polars as pl
 import pytest
 
 from engine.db import connect, insert_new
-from engine.experiments import Experiment, assignments, experiments_of, outcomes, report_experiments
+from engine.experiments import Experiment, assignments, experiments_of, guardrails, outcomes, report_experiments
 from engine.outbox import plan_outbox
 from engine.stats.experiment import analyze
+from models.feedback import DeliveryFact
 from models.journeys import Goal
-from models.tables import OutboxMessage
+from models.tables import JourneyInstance, OutboxMessage
 from tests.journey_harness import T0, Runner, journey
 
 D = timedelta(days=1)
@@ -155,3 +156,62 @@ def test_only_journeys_with_a_goal_and_variants_or_splits_have_experiments(goal:
         )
     )
     assert experiments_of(plain) == []
+
+
+def test_a_journeys_holdout_is_measured_as_its_own_experiment(tmp_path: Path):
+    """Held-out users entered and were sent nothing: converting 10% against the messaged users' 20%, the
+    journey's lift must show, measured from the instances the runs recorded."""
+    definition = journey(EXPERIMENT.replace("entry:", "holdout: 30\nentry:"))
+    runner = Runner(definition, users=pl.LazyFrame({"user_id": USERS}))
+    runner.run(T0, entered=USERS)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with connect(url).begin() as conn:
+        insert_new(conn, JourneyInstance.__table__, runner.state.with_columns(pl.lit("r0").alias("run_id")).to_dicts())
+    held = set(runner.state.filter(pl.col("holdout")).get_column("user_id"))
+    rng = np.random.default_rng(11)
+    rows, direct = [], []
+    for user in USERS:
+        arm = "holdout" if user in held else "messaged"
+        converted = rng.random() < (0.1 if arm == "holdout" else 0.2)
+        if converted:
+            rows.append((user, "purchase", T0 + timedelta(hours=5), 1.0))
+        direct.append({"arm": arm, "converted": converted, "value": 1.0 if converted else 0.0, "pre_value": 0.0})
+    [report] = report_experiments(connect(url), [definition], events=events(rows), as_of=T0 + 10 * D)
+    assert report.experiment.kind == "holdout" and report.experiment.title == "winback / holdout"
+    assert report.result.arm("holdout").users == len(held) and abs(len(held) / len(USERS) - 0.3) < 0.03
+    assert report.result == analyze(
+        pl.DataFrame(direct), control="holdout", expected_weights={"holdout": 30, "messaged": 70}
+    )
+    [versus] = report.result.conversion
+    assert versus.variant == "messaged" and versus.p_value_holm < 0.001
+
+
+def test_guardrails_count_users_with_an_open_or_a_click_per_arm(tmp_path: Path):
+    runner, url = recorded(tmp_path, USERS[:600])
+    [experiment] = experiments_of(runner.definition)
+    with connect(url).begin() as conn:
+        conn.exec_driver_sql("update outbox set status = 'accepted' where status = 'planned'")
+        sent = conn.exec_driver_sql("select send_key, user_id, variant from outbox where status = 'accepted'").all()
+    facts = []
+    for number, (key, user, _) in enumerate(sent):
+        if number % 2 == 0:
+            facts.append(
+                {"sg_event_id": f"o{number}", "send_key": key, "user_id": user, "kind": "opened", "ts": T0 + D}
+            )
+            facts.append(
+                {"sg_event_id": f"p{number}", "send_key": key, "user_id": user, "kind": "opened", "ts": T0 + D}
+            )
+        if number % 5 == 0:
+            late = T0 + (20 if number % 10 == 0 else 1) * D  # half of them reported after the as_of
+            facts.append({"sg_event_id": f"c{number}", "send_key": key, "user_id": user, "kind": "clicked", "ts": late})
+    with connect(url).begin() as conn:
+        insert_new(conn, DeliveryFact.__table__, facts)
+    checks = guardrails(connect(url), experiment, as_of=T0 + 10 * D)
+    expected = {arm: [0, 0, 0] for arm in ("control", "saved")}
+    for number, (_, _, variant) in enumerate(sent):
+        expected[variant][0] += 1
+        expected[variant][1] += number % 2 == 0
+        expected[variant][2] += number % 5 == 0 and number % 10 != 0
+    assert {arm: [s, o, c] for arm, s, o, c in checks.iter_rows()} == expected
+    [report] = report_experiments(connect(url), [runner.definition], events=events([]), as_of=T0 + 10 * D)
+    assert "Guardrails" in report.markdown() and f"| control | {expected['control'][0]:,} |" in report.markdown()
