@@ -115,14 +115,14 @@ EVENTS = st.lists(
 AS_OF = st.integers(0, 55 * 24).map(lambda hours: BASE + timedelta(hours=hours))  # midnight one time in 24
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(rows=EVENTS, as_of=AS_OF, days=st.integers(1, 12), event=st.sampled_from([None, "app_open"]))
 def test_active_users_are_the_distinct_users_of_each_window(rows: list[Event], as_of: datetime, days: int, event):
     result = active_users(event_frame(rows), as_of=as_of, days=days, event=event)
     assert rounded(result.days.rows()) == rounded(naive_active_users(rows, as_of, days, event))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(rows=EVENTS, as_of=AS_OF, days=st.integers(1, 50), event=st.sampled_from([None, "app_open"]))
 def test_retention_is_the_share_of_each_first_day_cohort_back_on_day_n(rows: list[Event], as_of: datetime, days, event):
     result = retention(event_frame(rows), as_of=as_of, days=days, event=event)

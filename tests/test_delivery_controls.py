@@ -777,7 +777,7 @@ def test_apply_controls_agrees_with_the_reference(
     assert decisions == expected
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     zones=st.lists(st.sampled_from(ZONES), min_size=3, max_size=3),
     as_of=moments,

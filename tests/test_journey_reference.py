@@ -316,7 +316,7 @@ def agree(world: tuple) -> None:
 
 
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 
@@ -354,7 +354,7 @@ def test_waits_for_segments_and_events_end_by_the_deadline_run(world):
     agree(world)
 
 
-@settings(SETTINGS, max_examples=30)  # the slowest: many runs, each computing local times
+@settings(SETTINGS, max_examples=20)  # the slowest: many runs, each computing local times
 @given(
     worlds(
         bases=CHANGES,
