@@ -10,7 +10,6 @@ Each attempt is signed afresh (see `plugins.webhook_signature`), so a retry carr
 send key. Nothing is refused on our side: the endpoint decides.
 """
 
-import email.utils
 import http.client
 import json
 import time
@@ -24,7 +23,13 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.channels.api import ConfigurationError, Outcome, refuse_placeholder_secret, require_http_url
+from engine.channels.api import (
+    ConfigurationError,
+    Outcome,
+    refuse_placeholder_secret,
+    require_http_url,
+    retry_after_seconds,
+)
 from plugins.webhook_signature import SEND_KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 USER_AGENT = "nudge-webhook/1"
@@ -110,25 +115,13 @@ def build_webhook_sender(settings: WebhookSettings, *, workers: int) -> WebhookS
 def _answered(send_key: str, status: int, headers: Any, detail: str, now: float) -> Outcome:
     code = f"webhook_{status}"
     if status == 429 or status >= 500:
-        wait = _retry_after(headers.get("Retry-After") if headers else None, now)
+        wait = retry_after_seconds(headers.get("Retry-After") if headers else None, now)
         return Outcome(send_key, "retryable", error_code=code, detail=detail, retry_after=wait)
     return Outcome(send_key, "failed", error_code=code, detail=detail)
 
 
 def _unreachable(send_key: str, error: Exception) -> Outcome:
     return Outcome(send_key, "retryable", error_code="connection", detail=f"could not talk to the webhook: {error!r}")
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header, which holds either seconds or an HTTP date."""
-    if value is None:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - now, 0.0)
-    except (TypeError, ValueError):
-        return None
 
 
 def _text(error: urllib.error.HTTPError) -> str:

@@ -725,18 +725,8 @@ earlier_messages = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    zones=st.lists(st.sampled_from(ZONES), min_size=3, max_size=3),
-    as_of=moments,
-    plan=planned_messages,
-    past=earlier_messages,
-    policy=policies,
-)
-def test_apply_controls_agrees_with_the_reference(
-    zones: list[str | None], as_of: datetime, plan: list[dict], past: list[dict], policy: dict
-):
-    users = {f"u{index}": zone for index, zone in enumerate(zones)}
+def drawn_messages(plan: list[dict], as_of: datetime) -> list[list[dict[str, Any]]]:
+    """The outbox rows of each drawn message; `first_token` skips its first push token as unregistered."""
     messages = []
     for m in plan:
         rows = message(
@@ -753,6 +743,22 @@ def test_apply_controls_agrees_with_the_reference(
         if m["skip"] == "first_token":
             rows[0] = {**rows[0], "status": "skipped", "reason": "unregistered"}
         messages.append(rows)
+    return messages
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zones=st.lists(st.sampled_from(ZONES), min_size=3, max_size=3),
+    as_of=moments,
+    plan=planned_messages,
+    past=earlier_messages,
+    policy=policies,
+)
+def test_apply_controls_agrees_with_the_reference(
+    zones: list[str | None], as_of: datetime, plan: list[dict], past: list[dict], policy: dict
+):
+    users = {f"u{index}": zone for index, zone in enumerate(zones)}
+    messages = drawn_messages(plan, as_of)
     history = []
     for index, h in enumerate(past):
         rows = sent(
@@ -790,20 +796,7 @@ def test_a_run_redone_after_one_journey_was_written_decides_the_rest_as_one_atte
     zones: list[str | None], as_of: datetime, plan: list[dict], past: list[dict], policy: dict, written: str
 ):
     users = {f"u{index}": zone for index, zone in enumerate(zones)}
-    messages = [
-        message(
-            f"u{m['user']}",
-            journey=m["journey"],
-            node=m["node"],
-            channel=m["channel"],
-            priority=m["priority"],
-            transactional=m["transactional"],
-            tokens=m["tokens"],
-            skipped="no_consent" if m["skip"] == "no_consent" else None,
-            as_of=as_of,
-        )
-        for m in plan
-    ]
+    messages = drawn_messages(plan, as_of)
     history = [
         sent(
             f"u{h['user']}",

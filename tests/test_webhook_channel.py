@@ -200,14 +200,14 @@ def test_the_recipient_is_the_webhook_id_when_set_and_consent_is_kept_when_given
         }
     )
     sends = pl.LazyFrame({"send_key": ["k-a", "k-b", "k-c", "k-d"], "user_id": ["a", "b", "c", "d"]})
-    rows = plan(sends, users).select("send_key", "recipient", "reason").collect().rows()
+    rows = plan(sends, users).select("send_key", "recipient", "reason").sort("send_key").collect().rows()
     assert rows == [
         ("k-a", "crm-a", None),
         ("k-b", "b", None),
         ("k-c", "c", "no_consent"),
         ("k-d", "crm-d", "no_consent"),
     ]
-    without = plan(sends, users.select("user_id")).select("recipient", "reason").collect().rows()
+    without = plan(sends, users.select("user_id")).sort("send_key").select("recipient", "reason").collect().rows()
     assert without == [("a", None), ("b", None), ("c", None), ("d", None)]
 
 

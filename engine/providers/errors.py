@@ -184,8 +184,11 @@ def _rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:
 
 
 def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from a Retry-After header, which holds either seconds or an HTTP date."""
-    value = headers.get("Retry-After")
+    return retry_after_seconds(headers.get("Retry-After"), now)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header, which holds either seconds or an HTTP date (RFC 9110)."""
     if value is None:
         return None
     if value.strip().isdigit():
