@@ -303,6 +303,7 @@ def _where_to_look(home: Path, captured: Path | None) -> None:
     print(f"                           NUDGE_HOME={home} uv run nudge runs   |   NUDGE_HOME={home} uv run nudge outbox")
     if captured is not None:
         print(f"  messages the fakes got   {captured}/sendgrid-requests.jsonl and {captured}/fcm-requests.jsonl")
+    print(f"  HTML reports             {home / 'reports'}/ (each run's week, each experiment; open in a browser)")
     print(f"  Prefect UI               PREFECT_HOME={home.parent / 'prefect'} uv run prefect server start")
     print("                           then open http://127.0.0.1:4200 (flow runs, task runs, artifacts)")
 
