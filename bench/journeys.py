@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,7 +38,7 @@ import yaml
 from sqlalchemy import func, select
 
 from bench.report import count, ratio, seconds, size, table
-from bench.timing import best_of, timed
+from bench.timing import best_of, child_result, timed
 from bench.workload import CACHE_DIR, REPO_ROOT, parse_count
 from engine.behaviour import Behaviour
 from engine.db import connect
@@ -391,15 +390,7 @@ def run_phase(phase: str, args: argparse.Namespace, folder: Path) -> dict[str, A
     """Run one phase in a fresh interpreter and return what it printed (its last line, as JSON)."""
     print(f"... {phase}", file=sys.stderr, flush=True)
     passed = ["--instances", args.instances, "--seed", str(args.seed), "--repeat", str(args.repeat)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.journeys", "--phase", phase, "--folder", str(folder), *passed],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return child_result("bench.journeys", ["--phase", phase, "--folder", str(folder), *passed], REPO_ROOT)
 
 
 def phase_main(args: argparse.Namespace) -> None:

@@ -12,10 +12,8 @@ a benchmark comparing different answers is worthless. Timings are for reading, n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import polars as pl
 from bench.definitions import load_segments, load_sql, ordered_names
 from bench.phases import Spec
 from bench.report import Target, count, ratio, seconds, size, table
+from bench.timing import child_result
 from bench.workload import REPO_ROOT, Workload, parse_count, plan_workload
 
 RSS_TARGET_EVENTS = 50_000_000
@@ -56,15 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_phase(spec: Spec) -> dict[str, Any]:
     """Run one phase in a fresh interpreter and return what it printed (its last line, as JSON)."""
     print(f"... {spec.phase} ({spec.at}, {spec.store})", file=sys.stderr, flush=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.phases", spec.to_json()],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return child_result("bench.phases", [spec.to_json()], REPO_ROOT)
 
 
 def compare(engine_dir: Path, other_dir: Path, names: list[str]) -> list[Comparison]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +38,13 @@ def best_of(repeat: int, work: Callable[[], Any]) -> tuple[Timing, Any]:
     """The fastest (by wall time) of `repeat` calls and its result: the least disturbed measurement."""
     runs = [timed(work) for _ in range(repeat)]
     return min(runs, key=lambda run: run[0].wall)
+
+
+def child_result(module: str, arguments: list[str], cwd: Path) -> dict[str, Any]:
+    """Run `python -m module arguments` in a fresh process and return the JSON object its last output line holds:
+    each phase pays its own imports and its peak memory is its own."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *arguments], cwd=cwd, stdout=subprocess.PIPE, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
