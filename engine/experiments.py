@@ -236,13 +236,22 @@ def assignments(database: Engine, experiment: Experiment, *, as_of: datetime) ->
     )
 
 
-def outcomes(assigned: pl.DataFrame, events: pl.LazyFrame, goal: Goal) -> pl.DataFrame:
-    """One row per assigned user: `arm`, `converted`, `value` and `pre_value` (see the module docstring)."""
-    wanted = events.filter(pl.col("event") == goal.event, where_expr((goal.where or {}).items())).select(
+def goal_events(events: pl.LazyFrame, goal: Goal) -> pl.LazyFrame:
+    """`user_id`, `ts`, `value` (0 when null) of the events that meet the goal: its name and `where` filters."""
+    return events.filter(pl.col("event") == goal.event, where_expr((goal.where or {}).items())).select(
         "user_id", "ts", pl.col("value").fill_null(0.0)
     )
-    joined = assigned.lazy().join(wanted, on="user_id", how="left")
-    after = (pl.col("ts") > pl.col("assigned_at")) & (pl.col("ts") <= pl.col("assigned_at") + goal.within)
+
+
+def attributed(start: pl.Expr, goal: Goal) -> pl.Expr:
+    """Whether a goal event's `ts` is attributed to an exposure at `start`: after it, and within the goal's window."""
+    return (pl.col("ts") > start) & (pl.col("ts") <= start + goal.within)
+
+
+def outcomes(assigned: pl.DataFrame, events: pl.LazyFrame, goal: Goal) -> pl.DataFrame:
+    """One row per assigned user: `arm`, `converted`, `value` and `pre_value` (see the module docstring)."""
+    joined = assigned.lazy().join(goal_events(events, goal), on="user_id", how="left")
+    after = attributed(pl.col("assigned_at"), goal)
     before = (pl.col("ts") >= pl.col("assigned_at") - goal.within) & (pl.col("ts") < pl.col("assigned_at"))
     return (
         joined.group_by("user_id", "arm")

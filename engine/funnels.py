@@ -21,8 +21,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.engine import Connection
 
 from engine.analytics import cell, markdown_table, percent
+from engine.experiments import attributed, goal_events
 from engine.journey_state import EXIT, MOMENT
-from engine.rule_properties import where_expr
 from models.durations import format_duration
 from models.feedback import DeliveryFact
 from models.journeys import NODE_KINDS, AnyNode, Goal, JourneyDefinition
@@ -182,17 +182,13 @@ def _converted_keys(sent: pl.DataFrame, events: pl.LazyFrame, goals: dict[str, G
     found = [
         sent.lazy()
         .filter(pl.col("journey") == name)
-        .join(_goal_events(events, goal), on="user_id")
-        .filter(pl.col("ts") > pl.col("planned_at"), pl.col("ts") <= pl.col("planned_at") + goal.within)
+        .join(goal_events(events, goal).select("user_id", "ts"), on="user_id")
+        .filter(attributed(pl.col("planned_at"), goal))
         .select("send_key")
         for name, goal in goals.items()
     ]
     keys = pl.concat(found).unique().collect() if found else pl.DataFrame(schema={"send_key": pl.String})
     return keys.get_column("send_key")
-
-
-def _goal_events(events: pl.LazyFrame, goal: Goal) -> pl.LazyFrame:
-    return events.filter(pl.col("event") == goal.event, where_expr((goal.where or {}).items())).select("user_id", "ts")
 
 
 def _has_fact(facts: pl.DataFrame, kind: str) -> pl.Expr:
