@@ -5,13 +5,20 @@ how a rerun becomes a no-op, and per-row ORM objects would cost ten times as muc
 is one statement executed with many parameter sets (compiled once, batched by SQLAlchemy's "insertmanyvalues"
 where RETURNING is needed): a multi-row VALUES clause built per batch costs more to compile than the database
 spends writing it (a third of a millisecond per row).
+
+Polars frames of a million rows (journey steps) take a shorter road on SQLite: the frame is turned into the
+very values SQLAlchemy would store (timestamps as its text format, booleans as integers) by Polars itself, and
+its rows go to the driver's executemany as tuples. Per-row dictionaries and SQLAlchemy's per-value processing
+cost more than SQLite's own writing at that size.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, create_engine, event
+import polars as pl
+from sqlalchemy import Engine, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
@@ -20,6 +27,7 @@ import models.feedback  # registers its tables on SQLModel.metadata, as the next
 import models.tables  # noqa: F401
 
 _BATCH = 20_000
+_Row = TypeVar("_Row")
 
 
 @cache
@@ -32,7 +40,33 @@ def connect(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     SQLModel.metadata.create_all(engine)
+    _require_current_keys(engine)
     return engine
+
+
+class OutdatedSchemaError(RuntimeError):
+    """A table was created by an earlier version with another key; there are no migrations yet."""
+
+
+def _require_current_keys(engine: Engine) -> None:
+    """Refuse a database whose tables have other primary keys than this version's, before any run writes.
+
+    `create_all` leaves existing tables as they are, and a write keyed on columns that are not the table's key
+    would fail half-way through a run (or, worse, a rerun would add twins instead of finding its rows).
+    """
+    inspector = inspect(engine)
+    existing = set(inspector.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        found = inspector.get_pk_constraint(table.name)["constrained_columns"]
+        wanted = [column.name for column in table.primary_key.columns]
+        if found != wanted:
+            raise OutdatedSchemaError(
+                f"table {table.name!r} of {engine.url.render_as_string(hide_password=True)} is keyed on {found}, "
+                f"this version keys it on {wanted}: it was created by an earlier version. Move the database "
+                "aside (or export what you need) and let this version create a new one."
+            )
 
 
 def insert_new(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -64,6 +98,95 @@ def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) ->
         conn.execute(upserting, batch)
 
 
+def insert_new_frame(conn: Connection, table: Table, frame: pl.DataFrame) -> int:
+    """`insert_new` of a frame's rows (columns named as the table's; those left out take their defaults)."""
+    if frame.is_empty():
+        return 0
+    _require_columns(table, frame)
+    if conn.dialect.name != "sqlite":
+        return insert_new(conn, table, frame.to_dicts())
+    columns, batches = _sqlite_batches(table, frame)
+    return sum(conn.exec_driver_sql(_sqlite_insert(table, columns), batch).rowcount for batch in batches)
+
+
+def upsert_frame(conn: Connection, table: Table, frame: pl.DataFrame) -> None:
+    """`upsert` of a frame's rows: the frame's columns are overwritten where the key exists (not the others,
+    which a new row takes from their defaults)."""
+    if frame.is_empty():
+        return
+    _require_columns(table, frame)
+    if conn.dialect.name != "sqlite":
+        upsert(conn, table, frame.to_dicts())
+        return
+    columns, batches = _sqlite_batches(table, frame)
+    keys = [column.name for column in table.primary_key.columns]
+    statement = _sqlite_insert(table, columns, update=[name for name in frame.columns if name not in keys])
+    for batch in batches:
+        conn.exec_driver_sql(statement, batch)
+
+
+def _require_columns(table: Table, frame: pl.DataFrame) -> None:
+    unknown = [name for name in frame.columns if name not in table.c]
+    if unknown:
+        raise ValueError(f"table {table.name} has no column {', '.join(map(repr, unknown))}")
+
+
+def _sqlite_batches(table: Table, frame: pl.DataFrame) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+    """The table's columns the write sets, and the frame's rows as SQLite stores them, in that column order, in
+    batches.
+
+    Timestamps become SQLAlchemy's SQLite text ("2026-10-01 06:00:00.000000", naive UTC as `UTCDateTime`
+    stores them), so rows written here read back, compare and sort exactly like rows written through Core.
+    Columns absent from the frame get their scalar defaults, as an INSERT through Core would.
+    """
+    values: dict[str, pl.Expr] = {}
+    for column in table.columns:
+        if column.name in frame.columns:
+            values[column.name] = _sqlite_value(column.name, frame.schema[column.name])
+        elif column.default is not None and column.default.is_scalar:
+            values[column.name] = pl.lit(column.default.arg).alias(column.name)
+    stored = frame.select(values.values())
+    slices = (stored.slice(start, _BATCH).rows() for start in range(0, stored.height, _BATCH))
+    return list(values), _prefetched(slices)
+
+
+def _prefetched(batches: Iterator[_Row]) -> Iterator[_Row]:
+    """The batches, each next one built in a thread while the caller writes the current one.
+
+    SQLite lets go of the GIL while it updates its B-trees, which is most of a write: building Python tuples
+    for the next batch meanwhile takes the other core instead of adding to the wall time.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-rows") as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
+
+
+def _sqlite_value(name: str, dtype: pl.DataType) -> pl.Expr:
+    column = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        utc = column.dt.convert_time_zone("UTC") if dtype.time_zone else column
+        return utc.dt.replace_time_zone(None).dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
+    if isinstance(dtype, pl.Date):
+        return column.dt.strftime("%Y-%m-%d")
+    if dtype.is_nested() or isinstance(dtype, pl.Object):
+        raise ValueError(f"column {name!r} of type {dtype} has no SQLite storage form here")
+    return column
+
+
+def _sqlite_insert(table: Table, columns: list[str], update: list[str] | None = None) -> str:
+    """INSERT ... ON CONFLICT for the driver: DO NOTHING, or DO UPDATE of the `update` columns."""
+    quote = sqlite.dialect().identifier_preparer.quote
+    names = ", ".join(quote(name) for name in columns)
+    statement = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({', '.join('?' for _ in columns)})"
+    if update is None:
+        return f"{statement} ON CONFLICT DO NOTHING"
+    keys = ", ".join(quote(column.name) for column in table.primary_key.columns)
+    updates = ", ".join(f"{quote(name)} = excluded.{quote(name)}" for name in update)
+    return f"{statement} ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+
+
 def _insert(conn: Connection, table: Table) -> Any:
     dialect = conn.dialect.name
     if dialect == "sqlite":
@@ -73,7 +196,7 @@ def _insert(conn: Connection, table: Table) -> Any:
     raise NotImplementedError(f"database dialect {dialect!r} is not supported: use SQLite or PostgreSQL")
 
 
-def _batches(rows: Sequence[Mapping[str, Any]]) -> Iterable[list[Mapping[str, Any]]]:
+def _batches(rows: Sequence[_Row]) -> Iterable[list[_Row]]:
     """Slices of rows, so that SQLAlchemy's processed copy of the parameters stays small beside the rows."""
     for start in range(0, len(rows), _BATCH):
         yield list(rows[start : start + _BATCH])

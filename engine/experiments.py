@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
-from sqlalchemy import Engine, case, select
+from sqlalchemy import ColumnElement, Engine, and_, case, select
 
 from engine.rule_properties import where_expr
 from engine.stats.experiment import ExperimentResult, analyze
@@ -202,6 +202,11 @@ def experiments_of(journey: JourneyDefinition) -> list[Experiment]:
     return found
 
 
+def _instance_of_transition() -> ColumnElement[bool]:
+    """A transition's instance, by the instance table's whole key (there is no index on instance_id alone)."""
+    return and_(*(_INSTANCES.c[name] == _TRANSITIONS.c[name] for name in ("journey", "user_id", "instance_id")))
+
+
 def assignments(database: Engine, experiment: Experiment, *, as_of: datetime) -> pl.DataFrame:
     """`ASSIGNMENT_SCHEMA`: each user's arm and first assignment at the experiment's node, up to `as_of`."""
     if experiment.kind == "send":
@@ -219,7 +224,7 @@ def assignments(database: Engine, experiment: Experiment, *, as_of: datetime) ->
     else:
         query = (
             select(_TRANSITIONS.c.user_id, _INSTANCES.c.arm, _TRANSITIONS.c.at)
-            .join(_INSTANCES, _INSTANCES.c.instance_id == _TRANSITIONS.c.instance_id)
+            .join(_INSTANCES, _instance_of_transition())
             .where(
                 _TRANSITIONS.c.journey == experiment.journey,
                 _TRANSITIONS.c.from_node == experiment.node,

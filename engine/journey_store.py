@@ -7,13 +7,12 @@ and the rerun that follows redoes exactly the missing part.
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
 import polars as pl
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
 
-from engine.db import insert_new, upsert
+from engine.db import insert_new_frame, upsert_frame
 from engine.journeys import INSTANCE_SCHEMA, KNOWN_SCHEMA, Advance
 from models.tables import JourneyInstance, JourneyTransition, OutboxMessage
 
@@ -24,11 +23,12 @@ _OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 def load_active(conn: Connection, journey: str) -> pl.DataFrame:
     rows = conn.execute(
-        select(*(_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names()))
-        .where(_INSTANCES.c.journey == journey, _INSTANCES.c.status == "active")
-        .order_by(_INSTANCES.c.instance_id)
+        select(*(_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names())).where(
+            _INSTANCES.c.journey == journey, _INSTANCES.c.status == "active"
+        )
     ).all()
-    return pl.DataFrame([tuple(row) for row in rows], schema=INSTANCE_SCHEMA, orient="row")
+    # Sorted here: the table is in (journey, user, instance) order, and sorting in SQL would spill millions of rows.
+    return pl.DataFrame([tuple(row) for row in rows], schema=INSTANCE_SCHEMA, orient="row").sort("instance_id")
 
 
 def load_known(conn: Connection, journey: str) -> pl.DataFrame:
@@ -83,17 +83,19 @@ def load_decided(conn: Connection, *, as_of: datetime, priorities: Mapping[str, 
 
 
 def save_step(conn: Connection, *, result: Advance, outbox: pl.DataFrame, run_id: str) -> int:
-    """Write a journey's moved instances, transitions and outbox rows; returns outbox rows newly added."""
+    """Write a journey's moved instances, transitions and outbox rows; returns outbox rows newly added.
+
+    Rows go in key order: each table's B-tree then takes them in one sweep instead of at random pages.
+    """
     instances = result.instances.with_columns(pl.lit(run_id).alias("run_id"))
     transitions = result.transitions.with_columns(pl.lit(run_id).alias("run_id"))
-    if not instances.is_empty():
-        upsert(conn, _INSTANCES, _records(instances))
-    if not transitions.is_empty():
-        insert_new(conn, _TRANSITIONS, _records(transitions))
-    if outbox.is_empty():
-        return 0
-    return insert_new(conn, _OUTBOX, _records(outbox.select(c for c in outbox.columns if c in _OUTBOX.c)))
+    upsert_frame(conn, _INSTANCES, _in_key_order(instances, _INSTANCES))
+    insert_new_frame(conn, _TRANSITIONS, _in_key_order(transitions, _TRANSITIONS))
+    stored = outbox.select(c for c in outbox.columns if c in _OUTBOX.c)
+    return insert_new_frame(conn, _OUTBOX, _in_key_order(stored, _OUTBOX))
 
 
-def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    return frame.to_dicts()
+def _in_key_order(frame: pl.DataFrame, table: Table) -> pl.DataFrame:
+    if frame.is_empty():  # possibly without columns: an empty plan
+        return frame
+    return frame.sort([column.name for column in table.primary_key.columns])

@@ -71,8 +71,13 @@ def user_path(conn: Connection, user_id: str, journey: str | None = None) -> pl.
         _TRANSITIONS.c.at,
         _TRANSITIONS.c.run_id,
         _TRANSITIONS.c.reason,
-    ).select_from(_TRANSITIONS.outerjoin(_INSTANCES, _INSTANCES.c.instance_id == _TRANSITIONS.c.instance_id))
-    query = query.where(_TRANSITIONS.c.user_id == user_id)
+    ).select_from(
+        _INSTANCES.join(
+            _TRANSITIONS,
+            (_TRANSITIONS.c.journey == _INSTANCES.c.journey) & (_TRANSITIONS.c.instance_id == _INSTANCES.c.instance_id),
+        )
+    )
+    query = query.where(_INSTANCES.c.user_id == user_id)  # the user's instances, then each one's steps by key
     if journey is not None:
         query = query.where(_TRANSITIONS.c.journey == journey)
     rows = conn.execute(query.order_by(_TRANSITIONS.c.at, _TRANSITIONS.c.instance_id, _TRANSITIONS.c.step)).all()

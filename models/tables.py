@@ -52,12 +52,16 @@ class JourneyInstance(SQLModel, table=True):
     move on, and what it is part of (holdout, experiment arm); `version` is the version it entered on."""
 
     __tablename__ = "journey_instance"
-    __table_args__ = (Index("ix_journey_instance_active", "journey", "status"),)
+    # Keyed by journey and user, then the instance (unique by itself, being a digest of journey, user, key and
+    # entry): the readers ask for one journey's instances or one user's, and a run's instances, written in key
+    # order, fill the table (its key's B-tree, without a rowid on SQLite) and the status index in one sweep each.
+    # A separate index on the random instance_id or user_id would cost more to maintain than the whole table.
+    __table_args__ = (Index("ix_journey_instance_active", "journey", "status"), {"sqlite_with_rowid": False})
 
+    journey: str = Field(primary_key=True)
+    user_id: str = Field(primary_key=True)
     instance_id: str = Field(primary_key=True)
-    journey: str
     version: str
-    user_id: str = Field(index=True)
     entry_key: str | None = None  # e.g. the cart_id of a keyed event entry
     entered_at: datetime = Field(sa_column=_utc())
     node: str
@@ -76,12 +80,16 @@ class JourneyTransition(SQLModel, table=True):
     """The history of every step: who moved from where to where, when, in which run, and why."""
 
     __tablename__ = "journey_transition"
+    # Keyed by journey first: every reader asks for one journey's steps, and one user's path comes through the
+    # user's instances. No other index and no rowid (SQLite): each step is one B-tree entry, which is most of
+    # what writing a million steps costs.
+    __table_args__ = {"sqlite_with_rowid": False}
 
+    journey: str = Field(primary_key=True)
     instance_id: str = Field(primary_key=True)
     step: int = Field(primary_key=True)
-    journey: str = Field(index=True)
     version: str | None = None  # the definition version that took the step
-    user_id: str = Field(index=True)
+    user_id: str
     from_node: str | None = None
     to_node: str
     at: datetime = Field(sa_column=_utc())
