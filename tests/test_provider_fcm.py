@@ -195,6 +195,22 @@ def test_a_hang_beyond_the_timeout_is_a_retryable_timeout(tmp_path: Path) -> Non
     assert (outcome.status, outcome.error_code) == ("retryable", "timeout")
 
 
+def test_a_hung_push_holds_only_itself(tmp_path: Path) -> None:
+    with FakeFcm() as hanging:
+        account = hanging.write_service_account(tmp_path / "service-account.json")
+        impatient = FcmPushSender(account, endpoint=hanging.url, timeout=0.5, retries=NO_BACKOFF)
+        impatient.send([push("warm-up")])
+        hanging.hang_next(3)
+        started = time.monotonic()
+
+        outcomes = impatient.send([push(f"p-{i}", f"token-{i}") for i in range(10)])
+
+        took = time.monotonic() - started
+        impatient.close()
+    assert sorted((o.status, o.error_code) for o in outcomes) == [("accepted", None)] * 9 + [("retryable", "timeout")]
+    assert took < 2.5, "the other pushes went out beside the hung one, not after it"
+
+
 def test_1200_pushes_all_arrive_without_overflowing_the_connection_pool(
     fake: FakeFcm, sender: FcmPushSender, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -207,6 +223,7 @@ def test_1200_pushes_all_arrive_without_overflowing_the_connection_pool(
     assert [o.send_key for o in outcomes] == [p.send_key for p in pushes]
     assert {o.status for o in outcomes} == {"accepted"}
     assert len({o.provider_message_id for o in outcomes}) == 1200
+    assert len(sends(fake)) == 1200, "each push sent once"
     assert sorted(m["data"]["send_key"] for m in fake.sent_messages()) == sorted(p.send_key for p in pushes)
 
 
