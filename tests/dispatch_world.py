@@ -123,13 +123,12 @@ def dispatch(
 
 
 def sent_keys(fake: FakeSendGrid | FakeFcm) -> list[str]:
-    """The send key of every send the fake accepted, in arrival order, repeats included."""
+    """The send key of every message the fake accepted, in arrival order, repeats included.
+
+    SendGrid takes many emails in one request: each accepted recipient is one email (`FakeSendGrid.accepted`).
+    """
     if isinstance(fake, FakeSendGrid):
-        return [
-            r.body["personalizations"][0]["custom_args"]["send_key"]
-            for r in fake.received("/v3/mail/send")
-            if r.status == 202
-        ]
+        return [mail.custom_args["send_key"] for mail in fake.accepted()]
     return [r.body["message"]["data"]["send_key"] for r in fake.received("/v1/") if r.status == 200]
 
 

@@ -34,7 +34,7 @@ def test_the_built_in_channels_keep_their_settings(registry):
     assert list(channels()) == ["email", "push"]
     email, push = channel("email"), channel("push")
     assert (email.wave_size, email.rate_limit, email.suppression_reason, email.fold_case) == (
-        8, "nudge-sendgrid", "suppressed", True,
+        500, "nudge-sendgrid", "suppressed", True,
     )  # fmt: skip
     assert (push.wave_size, push.rate_limit, push.suppression_reason, push.fold_case) == (
         100, "nudge-fcm", "unregistered", False,
@@ -61,7 +61,7 @@ def test_a_registered_channel_is_known_everywhere_channels_are_named(registry, m
 
     monkeypatch.setenv("NUDGE_DISPATCH_LETTER_WAVE_SIZE", "5")
     settings = DispatchSettings()
-    assert [settings.policy(name, WallClock()).wave_size for name in ("email", "push", "letter")] == [8, 100, 5]
+    assert [settings.policy(name, WallClock()).wave_size for name in ("email", "push", "letter")] == [500, 100, 5]
 
 
 def test_a_wave_size_from_the_environment_must_be_positive(registry, monkeypatch):

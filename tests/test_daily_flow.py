@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from engine.db import connect
 from engine.fakes import FakeProviders
+from engine.fakes.sendgrid import AcceptedMail
 from engine.sample.generate import generate
 from engine.settings import REPO_ROOT
 from models.tables import OutboxMessage, Run
@@ -41,8 +42,9 @@ class World:
     env: dict[str, str]
     database_url: str
 
-    def emails(self) -> list[dict]:
-        return [r.body for r in self.fakes.sendgrid.received("/v3/mail/send") if r.status == 202]
+    def emails(self) -> list[AcceptedMail]:
+        """Every email SendGrid accepted: one per personalization of each accepted request."""
+        return self.fakes.sendgrid.accepted()
 
     def pushes(self) -> list[dict]:
         return [r.body["message"] for r in self.fakes.fcm.received("/v1/") if r.status == 200]
@@ -131,7 +133,7 @@ def reference_deliveries(snapshot: Path, run_times: list[datetime]) -> tuple[Cou
 
 def test_fakes_received_exactly_what_the_reference_computes(world: World):
     expected_emails, expected_pushes = reference_deliveries(world.snapshot, RUN_TIMES)
-    got_emails = Counter(body["personalizations"][0]["to"][0]["email"] for body in world.emails())
+    got_emails = Counter(mail.email for mail in world.emails())
     got_pushes = Counter(message["token"] for message in world.pushes())
     assert sum(expected_emails.values()) >= 10 and sum(expected_pushes.values()) >= 5, "too small to mean anything"
     assert got_emails == expected_emails
@@ -139,7 +141,7 @@ def test_fakes_received_exactly_what_the_reference_computes(world: World):
 
 
 def test_every_message_carries_its_send_key_to_the_provider(world: World):
-    email_keys = [body["personalizations"][0]["custom_args"]["send_key"] for body in world.emails()]
+    email_keys = [mail.custom_args["send_key"] for mail in world.emails()]
     push_keys = [message["data"]["send_key"] for message in world.pushes()]
     assert len(set(email_keys)) == len(email_keys) and len(set(push_keys)) == len(push_keys)
     accepted = {row["send_key"] for row in world.outbox() if row["status"] == "accepted"}

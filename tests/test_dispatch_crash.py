@@ -1,8 +1,11 @@
 """Acceptance: a dispatcher killed between the provider's 2xx and the ledger update, then rerun.
 
-The dispatch runs in a child process (`tests/dispatch_child.py`). The fake accepts the third wave of requests,
-records them, and holds its answers; the test SIGKILLs the child while those answers are in flight. Reruns
+The dispatch runs in a child process (`tests/dispatch_child.py`). The fake accepts the third wave's requests,
+records them, and holds their answers; the test SIGKILLs the child while those answers are in flight. Reruns
 then must send what was never sent, resend exactly the in-flight wave (policy `resend`) and count it.
+
+A wave is what is in flight at once: WAVE pushes go as WAVE requests, WAVE emails as one SendGrid request of
+WAVE personalizations, so the email case holds that one request and its duplicates are all its emails.
 """
 
 import json
@@ -44,10 +47,11 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> None:
         time.sleep(0.02)
 
 
-def key_of(body: Any) -> str:
+def keys_of(body: Any) -> list[str]:
+    """The send keys a request carries: each personalization of a SendGrid request, or an FCM message's."""
     if "personalizations" in body:
-        return str(body["personalizations"][0]["custom_args"]["send_key"])
-    return str(body["message"]["data"]["send_key"])
+        return [str(p["custom_args"]["send_key"]) for p in body["personalizations"]]
+    return [str(body["message"]["data"]["send_key"])]
 
 
 @pytest.mark.parametrize("channel", ["email", "push"])
@@ -62,7 +66,9 @@ def test_a_kill_after_the_providers_2xx_duplicates_only_the_wave_in_flight(tmp_p
             config["api_key"] = fake.api_key
         else:
             config["service_account"] = str(fake.write_service_account(tmp_path / "account.json"))
-        fake.hold_accepted(WAVE, skip=2 * WAVE)  # the third wave: taken by the provider, answers held
+        requests_per_wave = 1 if isinstance(fake, FakeSendGrid) else WAVE
+        # The third wave: taken by the provider, answers held.
+        fake.hold_accepted(requests_per_wave, skip=2 * requests_per_wave)
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.dispatch_child", json.dumps(config)],
             cwd=REPO_ROOT,
@@ -70,15 +76,17 @@ def test_a_kill_after_the_providers_2xx_duplicates_only_the_wave_in_flight(tmp_p
             stderr=subprocess.PIPE,
         )
         try:
-            wait_for(lambda: len(fake.held()) == WAVE or child.poll() is not None, seconds=120)
-            assert len(fake.held()) == WAVE, child.communicate()
-            in_flight = {key_of(request.body) for request in fake.held()}
+            wait_for(lambda: len(fake.held()) == requests_per_wave or child.poll() is not None, seconds=120)
+            assert len(fake.held()) == requests_per_wave, child.communicate()
+            in_flight_keys = [key for request in fake.held() for key in keys_of(request.body)]
             child.send_signal(signal.SIGKILL)
         finally:
             child.kill()
             child.wait()
             fake.release_held()
         assert child.returncode == -signal.SIGKILL
+        in_flight = set(in_flight_keys)
+        assert len(in_flight_keys) == len(in_flight) == WAVE, in_flight_keys
 
         after_crash = statuses(database)
         assert Counter(after_crash.values()) == {"accepted": 2 * WAVE, "sending": WAVE, "claimed": MESSAGES - 3 * WAVE}

@@ -83,8 +83,11 @@ def _rows(url: str, table) -> list[dict]:
 
 
 def _sent_list(fakes: FakeProviders) -> list[str]:
+    """The send key of every message sent, repeats included: each personalization of a SendGrid request is one."""
     emails = [
-        r.body["personalizations"][0]["custom_args"]["send_key"] for r in fakes.sendgrid.received("/v3/mail/send")
+        p["custom_args"]["send_key"]
+        for r in fakes.sendgrid.received("/v3/mail/send")
+        for p in r.body["personalizations"]
     ]
     pushes = [r.body["message"]["data"]["send_key"] for r in fakes.fcm.received("/v1/")]
     return emails + pushes

@@ -128,7 +128,12 @@ def test_a_refused_sendgrid_key_is_a_configuration_alert_and_fails_nothing(tmp_p
             counts = dispatch(database, "email", wrong, policy())
         finally:
             wrong.close()
-        assert len(fake.received("/v3/mail/send")) == 2
+        requests = fake.received("/v3/mail/send")
+    # The first wave went as one request and the channel stopped at its 401: no later wave was sent.
+    assert [[p["custom_args"]["send_key"] for p in r.body["personalizations"]] for r in requests] == [
+        ["key-0", "key-1"]
+    ]
+    assert [r.status for r in requests] == [401]
     assert counts.configuration_alert is not None and counts.configuration_alert.startswith("sendgrid_401")
     assert {row["status"] for row in ledger(database).values()} == {"planned"}
     assert counts.as_dict()["configuration_error"] == 2

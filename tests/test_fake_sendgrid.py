@@ -224,3 +224,80 @@ def test_webhook_batches_are_signed_as_sendgrid_signs_them(fake: FakeSendGrid) -
     assert not helper.verify_signature(body.decode(), signature, "8")
     assert not helper.verify_signature(body.decode().replace("open", "click"), signature, timestamp)
     assert not EventWebhook(FakeSendGrid().webhook_public_key()).verify_signature(body.decode(), signature, timestamp)
+
+
+def batch_of(*people: tuple[str, str, str]) -> dict[str, Any]:
+    """One request for several recipients, each with its own subject, send key and body (as substitutions)."""
+    return {
+        **MAIL,
+        "subject": "never delivered: every personalization has its own",
+        "content": [{"type": "text/plain", "value": "-text-"}, {"type": "text/html", "value": "<p>-html-</p>"}],
+        "personalizations": [
+            {
+                "to": [{"email": address}],
+                "subject": f"Hi {name}",
+                "custom_args": {"send_key": key, "run_id": "r"},
+                "substitutions": {"-text-": f"Hello {name}", "-html-": f"Hello <b>{name}</b>"},
+            }
+            for address, name, key in people
+        ],
+    }
+
+
+def test_a_batch_delivers_each_recipient_its_own_substituted_subject_and_content(fake: FakeSendGrid) -> None:
+    status, headers, _ = send(fake, batch_of(("ada@example.com", "Ada", "k-1"), ("bob@example.com", "Bob", "k-2")))
+
+    assert status == 202
+    delivered = [(m.email, m.subject, m.text, m.html, m.custom_args["send_key"]) for m in fake.accepted()]
+    assert delivered == [
+        ("ada@example.com", "Hi Ada", "Hello Ada", "<p>Hello <b>Ada</b></p>", "k-1"),
+        ("bob@example.com", "Hi Bob", "Hello Bob", "<p>Hello <b>Bob</b></p>", "k-2"),
+    ]
+    [request] = fake.received()
+    assert request.body["content"][0]["value"] == "-text-", "the record is the wire's, tags and all"
+    [click] = fake.webhook_events_for(["k-2"], "click", timestamp=1_790_000_000)
+    assert (click["email"], click["send_key"]) == ("bob@example.com", "k-2")
+    assert click["sg_message_id"] == f"{headers['X-Message-Id']}.filter0001.1.0"
+
+
+def test_substitution_is_one_pass_and_a_lone_mail_keeps_its_content_as_sent(fake: FakeSendGrid) -> None:
+    nested = batch_of(("ada@example.com", "-html-", "k-1"))
+
+    send(fake, nested)
+    send(fake)
+
+    first, plain = fake.accepted()
+    assert first.text == "Hello -html-", "a value is not searched for tags"
+    assert (plain.subject, plain.text, plain.html) == ("Hi", "hi", "<p>hi</p>")
+
+
+def test_an_address_repeated_across_personalizations_is_refused_as_sendgrid_refuses_it(fake: FakeSendGrid) -> None:
+    status, _, body = send(fake, batch_of(("ada@example.com", "Ada", "k-1"), ("ADA@example.com", "Ada", "k-2")))
+
+    assert status == 400
+    assert body["errors"] == [
+        {
+            "field": "personalizations.1",
+            "message": "Each email address in the personalization block should be unique between to, cc, and bcc. "
+            "We found the first duplicate instance of [ada@example.com] in the personalizations.1.to field.",
+            "help": "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message.personalizations.1",
+        }
+    ]
+    assert fake.accepted() == []
+
+
+def test_substitutions_over_10000_bytes_are_refused(fake: FakeSendGrid) -> None:
+    big = batch_of(("ada@example.com", "A" * 5_000, "k-1"), ("bob@example.com", "Bob", "k-2"))
+
+    status, _, body = send(fake, big)
+
+    assert (status, [e["field"] for e in body["errors"]]) == (400, ["personalizations.0.substitutions"])
+
+
+def test_a_429_makes_every_key_of_its_request_early_until_the_reset(fake: FakeSendGrid) -> None:
+    fake.fail_next(429, reset_in=30)
+    send(fake, batch_of(("ada@example.com", "Ada", "k-1"), ("bob@example.com", "Bob", "k-2")))
+
+    send(fake, batch_of(("bob@example.com", "Bob", "k-2")))  # the second key of the refused request, too soon
+
+    assert [r.body["personalizations"][0]["custom_args"]["send_key"] for r in fake.early_requests()] == ["k-2"]

@@ -16,6 +16,7 @@ from engine.providers.fcm_push import FcmPushSender
 from engine.providers.limits import (
     FCM_MAX_PAYLOAD_BYTES,
     SENDGRID_CUSTOM_ARGS_BYTES_BELOW,
+    SENDGRID_MAX_SUBSTITUTIONS_BYTES,
     fcm_payload_bytes,
     json_bytes,
     sendgrid_request_problems,
@@ -86,7 +87,7 @@ def sent_push_keys(fcm: FakeFcm) -> list[str]:
 
 
 def sent_email_keys(sendgrid: FakeSendGrid) -> list[str]:
-    return sorted(r.body["personalizations"][0]["custom_args"]["send_key"] for r in sendgrid.received("/v3/mail/send"))
+    return sorted(mail.custom_args["send_key"] for mail in sendgrid.accepted())
 
 
 def test_an_oversized_push_fails_locally_and_its_neighbours_arrive(fcm: FakeFcm, pusher: FcmPushSender) -> None:
@@ -225,6 +226,20 @@ def test_an_address_repeated_within_a_request_is_refused(personalizations: list[
     assert sendgrid_request_problems(body_of(personalizations)) == [
         "address 'ada@example.com' appears more than once in one request's to/cc/bcc"
     ]
+
+
+def test_substitutions_of_10000_bytes_pass_and_one_byte_more_does_not() -> None:
+    def with_substitutions_of(size: int) -> dict[str, Any]:
+        padding = size - json_bytes({"-tag-": ""})
+        return body_of([{"to": [{"email": "ada@example.com"}], "substitutions": {"-tag-": "x" * padding}}])
+
+    at, over = with_substitutions_of(SENDGRID_MAX_SUBSTITUTIONS_BYTES), with_substitutions_of(10_001)
+
+    assert sendgrid_request_problems(at) == []
+    assert sendgrid_request_problems(over) == ["substitutions of personalization 0 take 10,001 bytes, more than 10,000"]
+    # The fake, which answers as SendGrid does, draws the line at the same place.
+    assert validate_mail(at) == []
+    assert [field for field, _ in validate_mail(over)] == ["personalizations.0.substitutions"]
 
 
 def test_message_level_custom_args_count_with_each_personalizations() -> None:

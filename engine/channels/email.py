@@ -49,7 +49,11 @@ EMAIL = Channel(
     check_template=check_template,
     compose=compose,
     build_sender=build_sender,
-    wave_size=8,  # the SendGrid sender's worker threads
+    # The SendGrid sender's batch size (DEFAULT_BATCH_SIZE, not imported: the SDK loads only where mail is sent).
+    # A wave is marked `sending` before its requests, and one request carries the whole wave (emails of other
+    # categories, or to a repeated address, go in requests of their own), so a crash leaves at most one wave in
+    # doubt: about the emails of one request, which share its answer anyway. Smaller waves only add requests.
+    wave_size=500,
     rate_limit="nudge-sendgrid",
     suppression_source="sendgrid",
     fold_case=True,  # mailbox providers ignore case

@@ -1,10 +1,17 @@
 """A loopback SendGrid: POST /v3/mail/send with SendGrid's auth, validation, errors and rate limits.
 
 Scripting (`fail_next`, `hang_next`, `rate_limit`, `bounce`, `hold_accepted`) and seeded chaos
-(`set_chaos`) let tests provoke every answer the delivery layer must handle. Requests that arrive while a
-previously returned X-RateLimit-Reset is still in the future are kept in `early_requests()`: any request
-once the 429 is older than `early_grace` (requests sent before it was answered are still arriving then),
-and any request for a send key before the reset returned to that same key. A well-behaved client sends none.
+(`set_chaos`) let tests provoke every answer the delivery layer must handle. Both act on requests: one
+scripted answer (or one chaos draw, made for the send key of a request's first personalization) covers every
+personalization of a request. Requests that arrive while a previously returned X-RateLimit-Reset is still in
+the future are kept in `early_requests()`: any request once the 429 is older than `early_grace` (requests sent
+before it was answered are still arriving then), and any request carrying a send key before the reset
+returned to a request that carried that same key. A well-behaved client sends none.
+
+`received()` holds the requests as they came over the wire, so a request of many personalizations is one
+record whose content may be substitution tags. What each recipient was sent is `accepted()`: one `AcceptedMail`
+per recipient of every accepted message, whose subject, text and html have that personalization's
+substitutions applied, as SendGrid applies them before delivery.
 
 Like SendGrid's Signed Event Webhook, the fake holds an ECDSA P-256 key pair: `webhook_events_for` makes
 realistic events for the mail it accepted and `signed_webhook_batch` signs a batch the way SendGrid does, for
@@ -21,7 +28,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ DEFAULT_API_KEY = "SG.nudge-fake.local-only-key"
 _HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message."
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _MAX_CUSTOM_ARGS_BYTES = 10_000
+_MAX_SUBSTITUTIONS_BYTES = 10_000
 _MAX_PERSONALIZATIONS = 1000
 _MAX_CATEGORIES = 10
 
@@ -56,13 +65,36 @@ class _Hang:
 
 @dataclass(frozen=True, slots=True)
 class AcceptedMail:
-    """One recipient of a message the fake accepted: what its webhook events are about."""
+    """One recipient of a message the fake accepted: what its webhook events are about and what it was sent.
+
+    `subject`, `text` and `html` are as delivered, its personalization's substitutions applied; they are
+    worked out when read, so that accepting a large batch costs the fake no more than SendGrid's validation.
+    """
 
     message_id: str
     recipient_index: int
     email: str
     custom_args: dict[str, str]
     categories: tuple[str, ...]
+    raw_subject: str = ""
+    raw_content: tuple[tuple[str, str], ...] = ()  # (MIME type, value) before substitution
+    substitutions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return _substitute(self.raw_subject, self.substitutions)
+
+    @property
+    def text(self) -> str | None:
+        return self._content("text/plain")
+
+    @property
+    def html(self) -> str | None:
+        return self._content("text/html")
+
+    def _content(self, kind: str) -> str | None:
+        value = next((value for type_, value in self.raw_content if type_ == kind), None)
+        return None if value is None else _substitute(value, self.substitutions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +188,13 @@ class FakeSendGrid(FakeServer):
             return _errors(405, [(None, "method not allowed")])
         if request.header("Authorization") != f"Bearer {self.api_key}":
             return _errors(401, [(None, "The provided authorization grant is invalid, expired, or revoked")])
-        identity = _send_key(request.body)
-        admission = self._admit(request, identity)
-        scripted = admission.scripted or self._chaos_answer(identity)
+        keys = _send_keys(request.body)
+        admission = self._admit(request, keys)
+        scripted = admission.scripted or self._chaos_answer(keys[0] if keys else None)
         if isinstance(scripted, _Hang):
             self.pause(scripted.seconds)
         elif scripted is not None:
-            return self._failure(scripted, request.timestamp, identity)
+            return self._failure(scripted, request.timestamp, keys)
         if admission.over_limit:
             return _too_many(admission.rate_headers)
         problems = validate_mail(request.body)
@@ -170,12 +202,12 @@ class FakeSendGrid(FakeServer):
             return _errors(400, problems)
         return self._accept(request.body, admission.rate_headers)
 
-    def _admit(self, request: Request, identity: str | None) -> _Admission:
+    def _admit(self, request: Request, keys: list[str]) -> _Admission:
         """Note an early arrival, count the request in its rate window, and take the next scripted answer."""
         now = request.timestamp
         with self._state:
-            if (self._limited_at + self._early_grace < now < self._limited_until) or (
-                identity is not None and now < self._key_resets.get(identity, 0.0)
+            if (self._limited_at + self._early_grace < now < self._limited_until) or any(
+                now < self._key_resets.get(key, 0.0) for key in keys
             ):
                 self._early.append(request)
             scripted = self._script.popleft() if self._script else None
@@ -187,7 +219,7 @@ class FakeSendGrid(FakeServer):
             self._window = (start, count)
             reset = math.ceil(start + window)
             if count > limit:
-                self._note_limited(now, reset, identity)
+                self._note_limited(now, reset, keys)
             headers = {
                 "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": str(max(limit - count, 0)),
@@ -195,11 +227,11 @@ class FakeSendGrid(FakeServer):
             }
             return _Admission(scripted, headers, over_limit=count > limit)
 
-    def _note_limited(self, now: float, reset: float, identity: str | None) -> None:
+    def _note_limited(self, now: float, reset: float, keys: list[str]) -> None:
         self._limited_at = now
         self._limited_until = max(self._limited_until, reset)
-        if identity is not None:
-            self._key_resets[identity] = max(self._key_resets.get(identity, 0.0), reset)
+        for key in keys:
+            self._key_resets[key] = max(self._key_resets.get(key, 0.0), reset)
 
     def _chaos_answer(self, identity: str | None) -> _Failure | _Hang | None:
         with self._state:
@@ -213,12 +245,12 @@ class FakeSendGrid(FakeServer):
             return _Failure(503, 0.0)
         return _Hang(chaos.hang_seconds)
 
-    def _failure(self, failure: _Failure, now: float, identity: str | None) -> Reply:
+    def _failure(self, failure: _Failure, now: float, keys: list[str]) -> Reply:
         if failure.status != 429:
             return _errors(failure.status, [(None, f"scripted failure {failure.status}")])
         reset = math.ceil(now + failure.reset_in)
         with self._state:
-            self._note_limited(now, reset, identity)
+            self._note_limited(now, reset, keys)
         limit = str(self._rate_limit[0]) if self._rate_limit else "600"
         return _too_many({"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
 
@@ -309,12 +341,17 @@ class FakeSendGrid(FakeServer):
 
     def _remember_accepted(self, body: dict[str, Any], message_id: str) -> None:
         mails = []
+        categories = tuple(body.get("categories", []))
+        content = tuple((block.get("type", ""), block["value"]) for block in body.get("content", []))
         for personalization in body["personalizations"]:
             custom_args = {**body.get("custom_args", {}), **personalization.get("custom_args", {})}
+            subject = personalization.get("subject") or body.get("subject", "")
+            substitutions = personalization.get("substitutions", {})
             for recipient in personalization["to"]:
+                address = recipient["email"]
                 mails.append(
                     AcceptedMail(
-                        message_id, len(mails), recipient["email"], custom_args, tuple(body.get("categories", []))
+                        message_id, len(mails), address, custom_args, categories, subject, content, substitutions
                     )
                 )
         with self._state:
@@ -382,6 +419,10 @@ _MESSAGES = {
     "content_order": "If present, text/plain content must be first, followed by text/html, followed by any "
     "other content.",
     "custom_args": "The custom_args total size must be less than 10000 bytes.",
+    "substitutions": "The total collective size of your substitutions may not exceed 10,000 bytes per "
+    "personalization object.",
+    "repeated_address": "Each email address in the personalization block should be unique between to, cc, and "
+    "bcc. We found the first duplicate instance of [{address}] in the personalizations.{index}.{field} field.",
     "categories": "You can't have more than 10 categories per request.",
 }
 
@@ -401,6 +442,7 @@ def validate_mail(body: Any) -> list[Problem]:
         problems.append(("personalizations", _MESSAGES["too_many_personalizations"]))
     for i, personalization in enumerate(personalizations):
         problems += _personalization_problems(i, personalization)
+    problems += _repeated_address_problems(personalizations)
     sender = body.get("from")
     if not isinstance(sender, dict) or not sender.get("email"):
         problems.append(("from.email", _MESSAGES["from"]))
@@ -431,7 +473,25 @@ def _personalization_problems(i: int, personalization: Any) -> list[Problem]:
     ]
     if _json_size(personalization.get("custom_args", {})) >= _MAX_CUSTOM_ARGS_BYTES:
         problems.append((f"personalizations.{i}.custom_args", _MESSAGES["custom_args"]))
+    if _json_size(personalization.get("substitutions", {})) > _MAX_SUBSTITUTIONS_BYTES:
+        problems.append((f"personalizations.{i}.substitutions", _MESSAGES["substitutions"]))
     return problems
+
+
+def _repeated_address_problems(personalizations: list[Any]) -> list[Problem]:
+    """SendGrid's refusal of an address met twice in a request's to, cc and bcc, at the first repeat: across
+    personalizations as within one. Compared without case, as `engine.providers.limits` compares them."""
+    seen: set[str] = set()
+    for i, personalization in enumerate(personalizations):
+        for field_ in ("to", "cc", "bcc"):
+            recipients = personalization.get(field_) if isinstance(personalization, dict) else None
+            for recipient in recipients if isinstance(recipients, list) else ():
+                address = str(recipient.get("email", "")).lower() if isinstance(recipient, dict) else ""
+                if address in seen:
+                    message = _MESSAGES["repeated_address"].format(address=address, index=i, field=field_)
+                    return [(f"personalizations.{i}", message)]
+                seen.add(address)
+    return []
 
 
 def _content_problems(content: Any, has_template: bool) -> list[Problem]:
@@ -452,13 +512,29 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value).encode())
 
 
-def _send_key(body: Any) -> str | None:
-    """The send key nudge puts in a request's first personalization, if any."""
-    try:
-        key = body["personalizations"][0]["custom_args"]["send_key"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return key if isinstance(key, str) else None
+def _substitute(text: str, substitutions: dict[str, str]) -> str:
+    """`text` with each tag replaced by its value, in one pass: values are not searched for tags (SendGrid
+    advises against nesting them, and nudge never does)."""
+    tags = tuple(tag for tag in substitutions if tag)
+    if not tags:
+        return text
+    return _tag_pattern(tags).sub(lambda match: substitutions[match.group()], text)
+
+
+@lru_cache(maxsize=64)
+def _tag_pattern(tags: tuple[str, ...]) -> re.Pattern[str]:
+    # Longest first: a tag that begins another must not cut it short.
+    return re.compile("|".join(re.escape(tag) for tag in sorted(tags, key=len, reverse=True)))
+
+
+def _send_keys(body: Any) -> list[str]:
+    """The send keys nudge puts in a request's personalizations, in their order."""
+    personalizations = body.get("personalizations") if isinstance(body, dict) else None
+    if not isinstance(personalizations, list):
+        return []
+    args = (p.get("custom_args") if isinstance(p, dict) else None for p in personalizations)
+    keys = (a.get("send_key") if isinstance(a, dict) else None for a in args)
+    return [key for key in keys if isinstance(key, str)]
 
 
 def _too_many(headers: dict[str, str]) -> Reply:

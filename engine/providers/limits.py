@@ -13,6 +13,10 @@ SendGrid v3 Mail Send, per request (twilio.com/docs/sendgrid/api-reference/mail-
   the personalizations array should only be included once"), compared here without case: in our batches a
   repeat that differs only in case is the same mistake;
 - custom_args (a personalization's merged over the message's) under 10,000 bytes in total;
+- substitutions at most 10,000 bytes per personalization ("The total collective size of your substitutions may
+  not exceed 10,000 bytes per personalization object", the v3 reference of `personalizations[].substitutions`;
+  the substitution-tags guide says 50,000: we keep to the smaller). SendGrid does not say how it counts; we
+  count the substitutions object as JSON on the wire (`json_bytes`), never less than its keys and values;
 - at most 10 categories, each at most 255 characters.
 
 FCM HTTP v1 (firebase.google.com/docs/cloud-messaging/concept-options, "payload"): 4096 bytes at most for a
@@ -36,6 +40,7 @@ from typing import Any
 SENDGRID_MAX_PERSONALIZATIONS = 1000
 SENDGRID_MAX_RECIPIENTS = 1000
 SENDGRID_CUSTOM_ARGS_BYTES_BELOW = 10_000  # the total must be strictly less
+SENDGRID_MAX_SUBSTITUTIONS_BYTES = 10_000  # per personalization, at most
 SENDGRID_MAX_CATEGORIES = 10
 SENDGRID_MAX_CATEGORY_CHARS = 255
 
@@ -50,8 +55,11 @@ _RECIPIENT_FIELDS = ("to", "cc", "bcc")
 
 
 def json_bytes(value: Any) -> int:
-    """Size of `value` as JSON on the wire (json.dumps defaults, as requests and python_http_client send it)."""
-    return len(json.dumps(value).encode())
+    """Size of `value` as JSON on the wire (json.dumps defaults, as requests and python_http_client send it).
+
+    Those defaults escape every non-ASCII character, so the JSON text has as many bytes as characters.
+    """
+    return len(json.dumps(value))
 
 
 def sendgrid_request_problems(body: Mapping[str, Any]) -> list[str]:
@@ -79,17 +87,32 @@ def sendgrid_request_problems(body: Mapping[str, Any]) -> list[str]:
         problems.append(f"address {repeated!r} appears more than once in one request's to/cc/bcc")
     shared_args: Mapping[str, Any] = body.get("custom_args") or {}
     for index, personalization in enumerate(personalizations):
-        size = json_bytes({**shared_args, **(personalization.get("custom_args") or {})})
-        if size >= SENDGRID_CUSTOM_ARGS_BYTES_BELOW:
-            problems.append(
-                f"custom_args of personalization {index} take {size:,} bytes, "
-                f"not under {SENDGRID_CUSTOM_ARGS_BYTES_BELOW:,}"
-            )
+        problems += _personalization_problems(index, personalization, shared_args)
     categories: Sequence[str] = body.get("categories") or ()
     if len(categories) > SENDGRID_MAX_CATEGORIES:
         problems.append(f"{len(categories)} categories, more than {SENDGRID_MAX_CATEGORIES}")
     if any(not category or len(category) > SENDGRID_MAX_CATEGORY_CHARS for category in categories):
         problems.append(f"a category is empty or longer than {SENDGRID_MAX_CATEGORY_CHARS} characters")
+    return problems
+
+
+def _personalization_problems(
+    index: int, personalization: Mapping[str, Any], shared_args: Mapping[str, Any]
+) -> list[str]:
+    """The size limits of one personalization: its custom_args (merged over the message's) and substitutions."""
+    problems = []
+    args_size = json_bytes({**shared_args, **(personalization.get("custom_args") or {})})
+    if args_size >= SENDGRID_CUSTOM_ARGS_BYTES_BELOW:
+        problems.append(
+            f"custom_args of personalization {index} take {args_size:,} bytes, "
+            f"not under {SENDGRID_CUSTOM_ARGS_BYTES_BELOW:,}"
+        )
+    substitutions_size = json_bytes(personalization.get("substitutions") or {})
+    if substitutions_size > SENDGRID_MAX_SUBSTITUTIONS_BYTES:
+        problems.append(
+            f"substitutions of personalization {index} take {substitutions_size:,} bytes, "
+            f"more than {SENDGRID_MAX_SUBSTITUTIONS_BYTES:,}"
+        )
     return problems
 
 
