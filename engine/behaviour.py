@@ -9,7 +9,7 @@ average, is computed from raw events over the whole window instead (`rollups_ser
 (see `engine.rule_windows`): the same for everyone (two datetimes), or one per subject (`_start`, `_end`).
 """
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Literal
@@ -39,10 +39,22 @@ class Behaviour:
     events: pl.LazyFrame  # canonical events with ts < as_of
     rollups: pl.LazyFrame  # whole days before as_of's day, arrived by then
     deliveries: pl.LazyFrame = field(default_factory=lambda: pl.LazyFrame(schema=DELIVERY_SCHEMA))  # our messages
+    _shared: dict[str, pl.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def today(self) -> datetime:
         return datetime.combine(self.as_of.date(), time(), UTC)
+
+    def shared(self, name: str, compute: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """A frame derived from this behaviour, computed by the first caller and reused by the later ones.
+
+        Dispatch builds a run's contexts batch by batch; a builder that read history for each batch of 500 rows
+        reread a 100M-event store hundreds of times in one run. What is derived from one as_of's behaviour is the
+        same for every batch, so it is computed once per run (a run makes one Behaviour).
+        """
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
 
 @dataclass(frozen=True)
