@@ -9,7 +9,8 @@ spends writing it (a third of a millisecond per row).
 Polars frames of a million rows (journey steps) take a shorter road on SQLite: the frame is turned into the
 very values SQLAlchemy would store (timestamps as its text format, booleans as integers) by Polars itself, and
 its rows go to the driver's executemany as tuples. Per-row dictionaries and SQLAlchemy's per-value processing
-cost more than SQLite's own writing at that size.
+cost more than SQLite's own writing at that size. Reading them back (`read_frame`) takes the same road the
+other way: timestamps arrive as that text and Polars parses a whole column at once.
 """
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import polars as pl
-from sqlalchemy import Engine, Table, create_engine, event, inspect
+from sqlalchemy import Engine, Select, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
@@ -123,6 +124,38 @@ def upsert_frame(conn: Connection, table: Table, frame: pl.DataFrame) -> None:
     statement = _sqlite_insert(table, columns, update=[name for name in frame.columns if name not in keys])
     for batch in batches:
         conn.exec_driver_sql(statement, batch)
+
+
+def read_frame(conn: Connection, statement: Select[Any], schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """The rows of `statement` as a frame typed by `schema`: one entry per selected column, named and ordered
+    as selected. Timestamps are UTC-aware, as `UTCDateTime` returns them."""
+    result = conn.execute(statement)
+    if conn.dialect.name != "sqlite":
+        return pl.DataFrame([tuple(row) for row in result.all()], schema=schema, orient="row")
+    # The driver's own tuples, as stored: SQLAlchemy's Row objects and per-value conversions cost more than
+    # the query for the millions of rows a journey run loads.
+    with result:
+        rows = result.cursor.fetchall()
+    stored = {name: _stored_dtype(dtype) for name, dtype in schema.items()}
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    frame = pl.DataFrame(dict(zip(stored, columns, strict=True)), schema=stored)
+    return frame.with_columns(_from_stored(name, dtype) for name, dtype in schema.items() if stored[name] != dtype)
+
+
+def _stored_dtype(dtype: pl.DataType) -> pl.DataType:
+    if isinstance(dtype, pl.Datetime):
+        return pl.String()
+    return pl.Int64() if dtype == pl.Boolean else dtype
+
+
+def _from_stored(name: str, dtype: pl.DataType) -> pl.Expr:
+    """The inverse of `_sqlite_value`: timestamps from SQLAlchemy's SQLite text, booleans from integers."""
+    if isinstance(dtype, pl.Datetime):
+        naive_utc = pl.col(name).str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit=dtype.time_unit)
+        if dtype.time_zone is None:
+            return naive_utc
+        return naive_utc.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone)
+    return pl.col(name).cast(dtype)
 
 
 def _require_columns(table: Table, frame: pl.DataFrame) -> None:

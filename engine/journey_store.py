@@ -12,7 +12,7 @@ import polars as pl
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
 
-from engine.db import insert_new_frame, upsert_frame
+from engine.db import insert_new_frame, read_frame, upsert_frame
 from engine.journeys import INSTANCE_SCHEMA, KNOWN_SCHEMA, Advance
 from models.tables import JourneyInstance, JourneyTransition, OutboxMessage
 
@@ -22,21 +22,17 @@ _OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 def load_active(conn: Connection, journey: str) -> pl.DataFrame:
-    rows = conn.execute(
-        select(*(_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names())).where(
-            _INSTANCES.c.journey == journey, _INSTANCES.c.status == "active"
-        )
-    ).all()
+    active = select(*(_INSTANCES.c[name] for name in INSTANCE_SCHEMA.names())).where(
+        _INSTANCES.c.journey == journey, _INSTANCES.c.status == "active"
+    )
     # Sorted here: the table is in (journey, user, instance) order, and sorting in SQL would spill millions of rows.
-    return pl.DataFrame([tuple(row) for row in rows], schema=INSTANCE_SCHEMA, orient="row").sort("instance_id")
+    return read_frame(conn, active, INSTANCE_SCHEMA).sort("instance_id")
 
 
 def load_known(conn: Connection, journey: str) -> pl.DataFrame:
     """Every instance of the journey, in any status and version: what re-entry and rerun detection look at."""
-    rows = conn.execute(
-        select(*(_INSTANCES.c[name] for name in KNOWN_SCHEMA.names())).where(_INSTANCES.c.journey == journey)
-    ).all()
-    return pl.DataFrame([tuple(row) for row in rows], schema=KNOWN_SCHEMA, orient="row")
+    known = select(*(_INSTANCES.c[name] for name in KNOWN_SCHEMA.names())).where(_INSTANCES.c.journey == journey)
+    return read_frame(conn, known, KNOWN_SCHEMA)
 
 
 def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl.DataFrame:
@@ -47,17 +43,16 @@ def load_send_history(conn: Connection, *, as_of: datetime, days: int = 8) -> pl
     arbitration to them as capped instead of `lower_priority`.
     """
     columns = ("user_id", "channel", "journey", "instance_id", "node", "as_of", "not_before")
-    rows = conn.execute(
-        select(*(_OUTBOX.c[name] for name in columns)).where(
-            _OUTBOX.c.status.in_(("planned", "claimed", "sending", "accepted", "retryable")),
-            _OUTBOX.c.transactional.is_(False),
-            _OUTBOX.c.as_of < as_of,
-            _OUTBOX.c.as_of >= as_of - timedelta(days=days),
-        )
-    ).all()
+    history = select(*(_OUTBOX.c[name] for name in columns)).where(
+        _OUTBOX.c.status.in_(("planned", "claimed", "sending", "accepted", "retryable")),
+        _OUTBOX.c.transactional.is_(False),
+        _OUTBOX.c.as_of < as_of,
+        _OUTBOX.c.as_of >= as_of - timedelta(days=days),
+    )
     moment = pl.Datetime("us", "UTC")
-    schema = {name: moment if name in ("as_of", "not_before") else pl.String for name in columns}
-    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    frame = read_frame(
+        conn, history, {name: moment if name in ("as_of", "not_before") else pl.String for name in columns}
+    )
     return frame.with_columns(pl.coalesce("not_before", "as_of").alias("sent_at")).drop("not_before")
 
 

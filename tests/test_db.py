@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from sqlalchemy import delete, func, select
 
-from engine.db import OutdatedSchemaError, connect, insert_new, insert_new_frame, upsert, upsert_frame
+from engine.db import OutdatedSchemaError, connect, insert_new, insert_new_frame, read_frame, upsert, upsert_frame
 from models.tables import OutboxMessage, SegmentSize
 
 SIZES = SegmentSize.__table__
@@ -130,3 +130,26 @@ def test_a_database_keyed_by_an_earlier_version_is_refused_before_any_write(tmp_
         old.execute("CREATE TABLE journey_transition (instance_id TEXT, step INTEGER, PRIMARY KEY (instance_id, step))")
     with pytest.raises(OutdatedSchemaError, match=r"'journey_transition' .* keyed on \['instance_id', 'step'\]"):
         connect(url)
+
+
+def test_read_frame_reads_back_what_core_wrote(database_url: str):
+    """On SQLite `read_frame` parses the driver's stored text itself: it must give what SQLAlchemy's own type
+    processing gives, timestamps (with and without microseconds, null) and booleans included."""
+    rows = _outbox_rows()
+    columns = ("send_key", "as_of", "not_before", "transactional", "variant", "attempts")
+    moment = pl.Datetime("us", "UTC")
+    schema = {"send_key": pl.String, "as_of": moment, "not_before": moment, "transactional": pl.Boolean,
+              "variant": pl.String, "attempts": pl.Int64}  # fmt: skip
+    engine = connect(database_url)
+    with engine.begin() as conn:
+        insert_new(conn, OUTBOX, rows)
+    query = select(*(OUTBOX.c[name] for name in columns)).order_by(OUTBOX.c.send_key)
+    with engine.connect() as conn:
+        through_core = pl.DataFrame([tuple(row) for row in conn.execute(query).all()], schema=schema, orient="row")
+        read = read_frame(conn, query, schema)
+        empty = read_frame(conn, query.where(OUTBOX.c.send_key == "none"), schema)
+    assert read.equals(through_core)
+    assert read.schema == pl.Schema(schema)
+    assert read.get_column("as_of").to_list() == [row["as_of"] for row in rows]
+    assert read.get_column("transactional").to_list() == [row["transactional"] for row in rows]
+    assert empty.is_empty() and empty.schema == pl.Schema(schema)
