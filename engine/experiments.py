@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 from sqlalchemy import ColumnElement, Engine, and_, case, select
 
+from engine.db import read_frame
 from engine.rule_properties import where_expr
 from engine.stats.experiment import ExperimentResult, analyze
 from engine.stats.thompson import Promotion, PromotionRule, promotion_decision
@@ -232,8 +233,7 @@ def assignments(database: Engine, experiment: Experiment, *, as_of: datetime) ->
             )
         )
     with database.connect() as conn:
-        rows = conn.execute(query).all()
-    frame = pl.DataFrame([tuple(row) for row in rows], schema=ASSIGNMENT_SCHEMA, orient="row")
+        frame = read_frame(conn, query, ASSIGNMENT_SCHEMA)
     return (
         frame.sort("user_id", "assigned_at", "arm")
         .group_by("user_id", maintain_order=True)
@@ -296,8 +296,7 @@ def allocation_history(database: Engine, experiment: Experiment, *, as_of: datet
         _ALLOCATIONS.c.as_of <= as_of,
     )
     with database.connect() as conn:
-        rows = conn.execute(query).all()
-    return pl.DataFrame([tuple(row) for row in rows], schema=HISTORY_SCHEMA, orient="row").sort("as_of", "variant")
+        return read_frame(conn, query, HISTORY_SCHEMA).sort("as_of", "variant")
 
 
 def experiment_rng(experiment: Experiment, as_of: datetime, purpose: str) -> np.random.Generator:
@@ -367,10 +366,9 @@ def guardrails(database: Engine, experiment: Experiment, *, as_of: datetime) -> 
         _OUTBOX.c.as_of <= as_of,
         _OUTBOX.c.variant.is_not(None),
     )
-    with database.connect() as conn:
-        rows = conn.execute(query).all()
     schema = {"user_id": pl.String, "arm": pl.String, "opened": pl.Boolean, "clicked": pl.Boolean}
-    frame = pl.DataFrame([tuple(row) for row in rows], schema=schema, orient="row")
+    with database.connect() as conn:
+        frame = read_frame(conn, query, schema)
     order = pl.DataFrame({"arm": list(experiment.weights)})
     per_user = frame.group_by("user_id", "arm").agg(pl.col("opened").any(), pl.col("clicked").any())
     counted = per_user.group_by("arm").agg(
