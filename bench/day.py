@@ -83,10 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_definitions(scenario: Scenario) -> str:
+def build_definitions(target: Path) -> str:
     """The scenario's definitions folder (the 20 bench segments, its 5 journeys and delivery policy), and
     a digest of its files: warm state made with other definitions is stale."""
-    target = scenario.definitions
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(BENCH_DIR / "segments", target / "segments")
     shutil.copytree(SCENARIO_DIR / "journeys", target / "journeys")
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     data = ensure_snapshot(scenario, step)
-    digest = build_definitions(scenario)
+    digest = build_definitions(scenario.definitions)
     timed_home = scenario.folder / "timed"
     profile = scenario.folder / "timed.pstats" if args.profile else None
     warm = ensure_warm(scenario, digest, step)
