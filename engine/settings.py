@@ -22,6 +22,10 @@ class EngineSettings(BaseSettings):
     # The Prefect global concurrency limit (one slot) held while a flow writes or sends outbox rows of a past or
     # due window, so a live backfill and a scheduled dispatch never work on the same rows at once.
     outbox_limit: str = "nudge-outbox"
+    # How long a run waits for that slot before failing with OutboxBusyError rather than hanging: a process
+    # killed while holding it under a local (ephemeral) Prefect leaves it taken for good, its lease having lived
+    # in that server's memory.
+    outbox_wait_seconds: float = 1800.0
 
     @property
     def store_dir(self) -> Path:

@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime, time
 from uuid import uuid4
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from engine.backfill import BackfillReport, RebuildReport, RebuiltDay, plan_backfill, plan_rebuild
@@ -20,7 +19,7 @@ from engine.run_log import LiveRun
 from engine.segments import SegmentChange
 from engine.settings import EngineSettings
 from engine.summary import RunSummary
-from flows.edges import record_failure
+from flows.edges import outbox_slot, record_failure
 from tasks.replay import (
     live_runs_task,
     plan_replay_task,
@@ -143,7 +142,7 @@ def _backfill(
         ingest = ingest_task(ctx)
         warnings = check_definitions_task(ctx, definitions)
         changes = segments_task(ctx, definitions)
-        with concurrency(settings.outbox_limit, occupy=1, strict=True):
+        with outbox_slot(settings):
             journeys = journeys_task(ctx, definitions, changes)
             journeys = skip_past_plans_task(ctx, journeys, started)
         summary = _summary(ctx, ingest, changes, journeys, warnings, in_doubt=count_in_doubt_task(ctx))
