@@ -20,21 +20,11 @@ from google.auth import crypt, jwt
 
 from engine.fakes import FakeFcm
 from engine.providers.fcm_endpoint import DEFAULT_RETRIES, point_messaging_at, skip_regional_access_boundary_lookup
+from tests.fcm_fake import fresh_fcm_record, module_fake_fcm  # noqa: F401 (fixtures)
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 SEND = "/v1/projects/nudge-demo/messages:send"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeFcm]:
-    with FakeFcm() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def fresh_record(fake: FakeFcm) -> None:
-    fake.clear()
 
 
 def call(url: str, body: Any, *, token: str | None = None, form: bool = False) -> tuple[int, dict[str, str], Any]:

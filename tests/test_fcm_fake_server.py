@@ -10,19 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from engine.fakes import FakeFcm
+from tests.fcm_fake import fresh_fcm_record, module_fake_fcm  # noqa: F401 (fixtures)
 
 TOKEN_REQUEST = "POST /token HTTP/1.1\r\nHost: fake\r\nContent-Length: 0\r\n"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeFcm]:
-    with FakeFcm() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def fresh_record(fake: FakeFcm) -> None:
-    fake.clear()
 
 
 @pytest.fixture

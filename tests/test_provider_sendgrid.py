@@ -2,37 +2,13 @@
 
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from engine.fakes import FakeSendGrid
 from engine.providers.messages import Email
 from engine.providers.sendgrid_email import SendGridEmailSender
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as server:
-        yield server
-
-
-def make_sender(fake: FakeSendGrid, **overrides: object) -> SendGridEmailSender:
-    options: dict[str, object] = {
-        "api_key": fake.api_key,
-        "host": fake.url,
-        "from_email": "hello@example.com",
-        "from_name": "Nudge",
-        "timeout": 5.0,
-    } | overrides
-    return SendGridEmailSender(**options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def sender(fake: FakeSendGrid) -> Iterator[SendGridEmailSender]:
-    sender = make_sender(fake)
-    yield sender
-    sender.close()
+from tests.sendgrid_sender import fake_sendgrid, make_sender, sendgrid_sender  # noqa: F401 (fixtures)
 
 
 def email(key: str = "k-1", to: str = "ada@example.com", **overrides: object) -> Email:
