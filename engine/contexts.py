@@ -88,7 +88,8 @@ def cart_context(messages: pl.DataFrame, users: pl.LazyFrame, behaviour: Behavio
 
 
 def _last_carts(events: pl.LazyFrame) -> pl.DataFrame:
-    """Every user's last cart: its last item (by time, then name) and the sum of its items' prices.
+    """Every user's last cart: its last item (by time, then name; cart id and price settle exact ties) and the
+    sum of its items' prices.
 
     For everyone who ever added to a cart, not only one batch's users: computed once per run (see
     `Behaviour.shared`). Parsing JSON is the cost (~1 us a row and path), so only the rows that can matter are
