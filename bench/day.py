@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,7 +97,7 @@ def build_definitions(target: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_snapshot(scenario: Scenario, step: Any) -> dict[str, Any]:
+def ensure_snapshot(scenario: Scenario, step: Callable[[str], None]) -> dict[str, Any]:
     """Generate the history plus the new day once; later runs reuse it (a marker is written last)."""
     marker = scenario.folder / "snapshot.json"
     if marker.exists():
@@ -127,8 +128,8 @@ def run_child(module: str, spec: dict[str, Any], env: dict[str, str]) -> dict[st
 
 def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str]) -> dict[str, str]:
     """The child's environment: the engine's folders, the fakes, and a fresh project-local Prefect (ephemeral)
-    of its own: a run killed while it held the outbox's concurrency slot leaves a lease that would hold up the
-    next run for its five minutes."""
+    of its own: a run killed while it held the outbox's concurrency slot leaves that slot taken for good in a
+    local Prefect's database (see `flows.edges.outbox_slot`)."""
     prefect_home = scenario.folder / "prefect" / home.name
     shutil.rmtree(prefect_home, ignore_errors=True)
     prefect_home.mkdir(parents=True)
@@ -145,7 +146,7 @@ def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str]) -> dict[st
     }
 
 
-def ensure_warm(scenario: Scenario, digest: str, step: Any) -> Path:
+def ensure_warm(scenario: Scenario, digest: str, step: Callable[[str], None]) -> Path:
     """The engine's home after the two warm-up runs, made once per definitions digest."""
     warm = scenario.folder / "warm"
     marker = scenario.folder / WARM_MARKER
