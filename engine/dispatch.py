@@ -140,7 +140,7 @@ def dispatch_channel(
             if due is not None and _wait(run, due - now):
                 continue
             break
-        messages, failures = _render(batch.rows, channel, run_id, behaviour, users, templates)
+        messages, failures = render_rows(batch.rows, channel, run_id, behaviour, users, templates)
         ledger.fail_unsent(engine, failures, dispatcher=run.dispatcher)
         _count(run.counts, "render_failed", len(failures))
         if not _send_waves(run, batch.rows, messages):
@@ -208,7 +208,7 @@ def _wait(run: _Run, delta: timedelta) -> bool:
     return True
 
 
-def _render(
+def render_rows(
     rows: pl.DataFrame,
     channel: str,
     run_id: str,
