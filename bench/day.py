@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=110, help="days of history before the new day (default 110)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=1, help="best of N for the floors")
+    parser.add_argument(
+        "--push-processes", type=int, default=2, help="processes sending pushes (NUDGE_FCM_PROCESSES; default 2)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the timed run; print the top functions")
     return parser.parse_args(argv)
 
@@ -131,8 +134,9 @@ def run_child(module: str, spec: dict[str, Any], env: dict[str, str]) -> dict[st
     return result | {"process_seconds": time.perf_counter() - began}
 
 
-def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str]) -> dict[str, str]:
-    """The child's environment: the engine's folders, the fakes, and a fresh project-local Prefect (ephemeral)
+def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str], push_processes: int) -> dict[str, str]:
+    """The child's environment: the engine's folders, the fakes, how many processes send pushes (a deployment on
+    this machine would set it so: `engine.providers.fcm_pool`), and a fresh project-local Prefect (ephemeral)
     of its own: a run killed while it held the outbox's concurrency slot leaves that slot taken for good in a
     local Prefect's database (see `flows.edges.outbox_slot`)."""
     prefect_home = scenario.folder / "prefect" / home.name
@@ -144,6 +148,7 @@ def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str]) -> dict[st
         "NUDGE_HOME": str(home),
         "NUDGE_SNAPSHOT_DIR": str(scenario.snapshot),
         "NUDGE_DEFINITIONS_DIR": str(scenario.definitions),
+        "NUDGE_FCM_PROCESSES": str(push_processes),
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
@@ -151,7 +156,7 @@ def engine_env(home: Path, scenario: Scenario, fakes: dict[str, str]) -> dict[st
     }
 
 
-def ensure_warm(scenario: Scenario, digest: str, step: Callable[[str], None]) -> Path:
+def ensure_warm(scenario: Scenario, digest: str, push_processes: int, step: Callable[[str], None]) -> Path:
     """The engine's home after the two warm-up runs, made once per definitions digest."""
     warm = scenario.folder / "warm"
     marker = scenario.folder / WARM_MARKER
@@ -162,7 +167,7 @@ def ensure_warm(scenario: Scenario, digest: str, step: Callable[[str], None]) ->
     step(f"warm-up runs at {', '.join(t.isoformat() for t in scenario.warm_up)} (cached for later runs)")
     with FakeProcess(scenario.folder / "fakes") as fakes:
         spec = {"as_of": [t.isoformat() for t in scenario.warm_up]}
-        run_child("bench.day_run", spec, engine_env(warm, scenario, fakes.env))
+        run_child("bench.day_run", spec, engine_env(warm, scenario, fakes.env, push_processes))
     marker.write_text(json.dumps({"definitions": digest}))
     return warm
 
@@ -236,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     digest = build_definitions(scenario.definitions)
     timed_home = scenario.folder / "timed"
     profile = scenario.folder / "timed.pstats" if args.profile else None
-    warm = ensure_warm(scenario, digest, step)
+    warm = ensure_warm(scenario, digest, args.push_processes, step)
     clone_home(warm, timed_home)
     with FakeProcess(scenario.folder / "fakes") as fakes:
         step(f"timed run at {scenario.timed.isoformat()}")
         spec = {"as_of": [scenario.timed.isoformat()], "profile": str(profile) if profile else None}
-        run = run_child("bench.day_run", spec, engine_env(timed_home, scenario, fakes.env))
+        run = run_child("bench.day_run", spec, engine_env(timed_home, scenario, fakes.env, args.push_processes))
     step("floors")
     floors = run_child(
         "bench.day_floors",
@@ -261,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{count(scenario.users)} users, {scenario.days} days of history + the new day: {data['events']:,} events "
-        f"({size(data['snapshot_bytes'])} of Parquet); timed run at {scenario.timed.isoformat()}"
+        f"({size(data['snapshot_bytes'])} of Parquet); timed run at {scenario.timed.isoformat()}; "
+        f"pushes sent from {args.push_processes} process(es)"
     )
     print(table(["stage (task)", "wall s", "share", "peak RSS", "floor s", "x floor"],
                 stage_rows(run, floors), right=(1, 2, 3, 4, 5)))  # fmt: skip

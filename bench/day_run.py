@@ -2,8 +2,9 @@
 
 `python -m bench.day_run SPEC_JSON` runs the flow once per `as_of` in the spec (the engine's settings and the
 fakes' addresses come from the environment the parent sets), then prints one JSON line about the last run: the
-flow run's wall time as Prefect recorded it, each task run's start and end, the process's RSS sampled through
-the run (so each stage gets its own peak), and what the run counted. With `profile` set, the last run is also
+flow run's wall time as Prefect recorded it, each task run's start and end, the RSS of the process and its
+children (push workers, a local Prefect server) sampled through the run (so each stage gets its own peak), and
+what the run counted. With `profile` set, the last run is also
 profiled (cProfile, the flow's thread: Prefect runs a sync flow's tasks in it) into that file.
 """
 
@@ -26,7 +27,8 @@ _SAMPLE_SECONDS = 0.05
 
 @dataclass
 class RssSampler:
-    """The process's resident set size every 50 ms, stamped with the wall clock, on a daemon thread."""
+    """The resident set size of the process and its children every 50 ms, stamped with the wall clock, on a
+    daemon thread."""
 
     samples: list[tuple[float, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -36,7 +38,7 @@ class RssSampler:
 
         def sample() -> None:
             while not self._stop.is_set():
-                self.samples.append((time.time(), process.memory_info().rss))
+                self.samples.append((time.time(), _tree_rss(process)))
                 self._stop.wait(_SAMPLE_SECONDS)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -50,6 +52,16 @@ class RssSampler:
         inside = [rss for at, rss in self.samples if start <= at <= end]
         before = [rss for at, rss in self.samples if at < start]
         return max(inside or before[-1:] or [0])
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def run_days(instants: list[datetime], profile: str | None) -> dict[str, Any]:
@@ -70,7 +82,7 @@ def run_days(instants: list[datetime], profile: str | None) -> dict[str, Any]:
     summary = state.result()
     return {
         "rss_before_bytes": rss_before,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sampler.peak(0, time.time())),
         **_timeline(state.state_details.flow_run_id, sampler),
         "summary": json.loads(json.dumps(summary.counts(), default=_plain)),
     }

@@ -13,7 +13,8 @@ and measures, every line on both channels:
 3. and 4. with the fakes in this process (their threads share our GIL), then in a child process
    (`bench/fake_process.py`, free to use the other core): first the real senders alone (SDK + HTTP + fake) on
    the messages rendered in line 1, in the waves dispatch uses; then `dispatch_channel` end to end, from a
-   fresh outbox through the real SDKs to the fakes.
+   fresh outbox through the real SDKs to the fakes. Pushes go out from `--push-processes` worker processes
+   (`engine.providers.fcm_pool`; 1 sends from this process); CPU figures include every child process.
 
 It prints each line's wall and CPU seconds and rates, where the time of one message goes (floor, the engine's
 own work, the SDK and fake), the ratio of dispatch time to render-only time, and the two targets of issue 5.
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import Engine, func, insert, select
 
 from bench.dispatch_workload import CHANNEL_TEMPLATES, DispatchWorkload, build_workload
@@ -104,7 +106,7 @@ class Measured:
     timing: Timing
     messages: int
     notes: str = ""
-    extra_cpu: float = 0.0  # CPU seconds of the fakes' own process, when they have one
+    extra_cpu: float = 0.0  # CPU seconds of our child processes: the fakes' when they have one, push workers
 
     @property
     def per_second(self) -> float:
@@ -112,7 +114,7 @@ class Measured:
 
     @property
     def per_core(self) -> float:
-        """Messages per CPU second of this process plus the fakes' process."""
+        """Messages per CPU second of this process plus its child processes."""
         return self.messages / (self.timing.cpu + self.extra_cpu)
 
     @property
@@ -148,6 +150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="rows claimed at once (default: the engine's)")
     parser.add_argument(
         "--wave-size", type=int, default=None, help="messages sent between ledger commits (default: the engine's)"
+    )
+    parser.add_argument(
+        "--push-processes", type=int, default=2, help="processes sending pushes (NUDGE_FCM_PROCESSES; default 2)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the floor lines; best kept")
     parser.add_argument("--seed", type=int, default=7, help="the workload's seed")
@@ -219,13 +224,13 @@ def dispatch_all(
     store: TemplateStore,
     senders: dict[str, Any],
     sizes: Sizes,
-    fake_cpu: Callable[[], float] = lambda: 0.0,
+    child_cpu: Callable[[], float] = lambda: 0.0,
 ) -> None:
     """Dispatch every email, then every push, adding a line for each and one for both."""
     n = workload.messages
     for channel in CHANNELS:
         policy = dispatch_policy(channel, sizes)
-        before = fake_cpu()
+        before = child_cpu()
         timing, counts = timed(
             lambda channel=channel, policy=policy: dispatch_channel(
                 database,
@@ -244,7 +249,7 @@ def dispatch_all(
             timing,
             n,
             f"{policy_shown(policy)}; {shown}",
-            fake_cpu() - before,
+            child_cpu() - before,
         )
     email, push = section.lines["email"], section.lines["push"]
     both = Timing(email.timing.wall + push.timing.wall, email.timing.cpu + push.timing.cpu)
@@ -267,29 +272,41 @@ def engine_only(workload: DispatchWorkload, store: TemplateStore, sizes: Sizes, 
 
 
 @contextmanager
-def fakes_in(
-    mode: str, directory: Path
-) -> Iterator[tuple[dict[str, str], Callable[[], float], Callable[[], dict[str, int]]]]:
-    """The fakes' env, a reader of their process's CPU seconds, and a reader of what they accepted (after exit)."""
+def fakes_in(mode: str, directory: Path) -> Iterator[tuple[dict[str, str], Callable[[], dict[str, int]]]]:
+    """The fakes' env and a reader of what they accepted (after exit)."""
     if mode == "in-process":
         with FakeProviders(directory, record=False) as fakes:
             counted: dict[str, int] = {}
             try:
-                yield fakes.env(), lambda: 0.0, lambda: counted
+                yield fakes.env(), lambda: counted
             finally:
                 counted.update(accepted_sends(fakes))
     else:
         process = FakeProcess(directory)
         with process:
-            yield process.env, process.cpu_seconds, lambda: process.accepted
+            yield process.env, lambda: process.accepted
 
 
-def senders_for(env: dict[str, str]) -> Senders:
+def senders_for(env: dict[str, str], push_processes: int) -> Senders:
     sendgrid = SendGridSettings(api_key=env["NUDGE_SENDGRID_API_KEY"], host=env["NUDGE_SENDGRID_HOST"])
     fcm = FcmSettings(
-        service_account_file=Path(env["NUDGE_FCM_SERVICE_ACCOUNT_FILE"]), endpoint=env["NUDGE_FCM_ENDPOINT"]
+        service_account_file=Path(env["NUDGE_FCM_SERVICE_ACCOUNT_FILE"]),
+        endpoint=env["NUDGE_FCM_ENDPOINT"],
+        processes=push_processes,
     )
     return build_senders(sendgrid, fcm)
+
+
+def child_cpu() -> float:
+    """User + system CPU seconds used so far by this process's live children (the fakes' process, push workers)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def with_fakes(
@@ -300,13 +317,14 @@ def with_fakes(
     rendered: dict[str, list[Email | Push]],
     sizes: Sizes,
     directory: Path,
+    push_processes: int,
 ) -> Section:
     """The real senders alone on pre-rendered messages, then dispatch end to end, with the fakes placed so."""
     section = Section(f"{label} {mode}")
     database = connect(f"sqlite:///{directory / 'outbox.db'}")
     fill_outbox(database, workload)
     n = workload.messages
-    with fakes_in(mode, directory / "fakes") as (env, fake_cpu, accepted), senders_for(env) as senders:
+    with fakes_in(mode, directory / "fakes") as (env, accepted), senders_for(env, push_processes) as senders:
         by_channel: dict[str, Any] = {"email": senders["email"], "push": senders["push"]}
         for channel in CHANNELS:
             wave = wave_of(dispatch_policy(channel, sizes))
@@ -317,7 +335,7 @@ def with_fakes(
                     o for start in range(0, len(messages), wave) for o in sender.send(messages[start : start + wave])
                 ]
 
-            before = fake_cpu()
+            before = child_cpu()
             timing, outcomes = timed(send_all)
             refused = sum(o.status != "accepted" for o in outcomes)
             if refused:
@@ -326,9 +344,9 @@ def with_fakes(
                 f"{channel}: sender alone (SDK + HTTP + fake), waves of {wave}",
                 timing,
                 len(messages),
-                extra_cpu=fake_cpu() - before,
+                extra_cpu=child_cpu() - before,
             )
-        dispatch_all(section, database, workload, store, by_channel, sizes, fake_cpu)
+        dispatch_all(section, database, workload, store, by_channel, sizes, child_cpu)
     for channel in CHANNELS:
         got = accepted().get(channel)
         if got != 2 * n:
@@ -338,11 +356,12 @@ def with_fakes(
     return section
 
 
-def header(workload: DispatchWorkload, repeat: int, loads: tuple[float, float]) -> str:
+def header(workload: DispatchWorkload, repeat: int, push_processes: int, loads: tuple[float, float]) -> str:
     return (
         f"nudge dispatch benchmark: {workload.messages:,} emails + {workload.messages:,} pushes "
         f"(templates {CHANNEL_TEMPLATES['email']}, {CHANNEL_TEMPLATES['push']}), seed {workload.seed}, "
-        f"{os.cpu_count()} cores, best of {repeat} for the floor, SQLite outbox in a temporary directory\n"
+        f"{os.cpu_count()} cores, best of {repeat} for the floor, SQLite outbox in a temporary directory, "
+        f"pushes sent from {push_processes} process{'es' if push_processes > 1 else ''}\n"
         f"1-min load average {loads[0]:.1f} at start, {loads[1]:.1f} at end (above ~2, something else shared the cores)"
     )
 
@@ -351,7 +370,7 @@ def line_table(sections: list[Section]) -> str:
     rows = []
     for section in sections:
         for measured in section.lines.values():
-            fake = f"fakes' process {seconds(measured.extra_cpu)} cpu s. " if measured.extra_cpu else ""
+            fake = f"child processes {seconds(measured.extra_cpu)} cpu s. " if measured.extra_cpu else ""
             rows.append(
                 [
                     section.label, measured.what, seconds(measured.timing.wall), seconds(measured.timing.cpu),
@@ -439,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, mode in enumerate(modes, start=3):
             step(f"{label} sender alone, then dispatch, with the fakes {mode}")
             (root / mode).mkdir()
-            faked.append(with_fakes(str(label), mode, workload, store, rendered, sizes, root / mode))
-    print(header(workload, args.repeat, (load_at_start, os.getloadavg()[0])), end="\n\n")
+            faked.append(
+                with_fakes(str(label), mode, workload, store, rendered, sizes, root / mode, args.push_processes)
+            )
+    print(header(workload, args.repeat, args.push_processes, (load_at_start, os.getloadavg()[0])), end="\n\n")
     print(line_table([floor, engine, *faked]), end="\n\n")
     print(breakdown_table(floor, engine, faked), end="\n\n")
     print(ratio_table(floor, faked), end="\n\n")

@@ -3,7 +3,7 @@
 `python -m bench.fake_process DIR` starts `FakeProviders` without request files (the benchmark measures the
 sender, not the fakes' disk), prints the environment that points senders at them as one JSON line, and on
 SIGTERM prints one more JSON line: how many sends each fake accepted, which the benchmark checks against the
-ledger. `FakeProcess` runs it from the benchmark and reads its CPU time.
+ledger. `FakeProcess` runs it from the benchmark.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import psutil
-
 from bench.workload import REPO_ROOT
 from engine.fakes import FakeProviders
 
@@ -26,7 +24,7 @@ _START_TIMEOUT = 60.0
 
 
 class FakeProcess:
-    """The fakes in a child process; `env` once started, `cpu_seconds()` of the child, `accepted` once stopped."""
+    """The fakes in a child process; `env` once started, `accepted` once stopped."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -54,13 +52,6 @@ class FakeProcess:
             raise RuntimeError("the fake process exited (or hung) before serving")
         self.env = json.loads(line)
         return self
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds the child has used so far, all threads."""
-        if self._process is None:
-            return 0.0
-        times = psutil.Process(self._process.pid).cpu_times()
-        return float(times.user + times.system)
 
     def stop(self) -> None:
         if self._process is None:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from engine.fakes import FakeProviders
 from engine.providers.errors import ConfigurationError
 from engine.providers.factory import build_senders
+from engine.providers.fcm_pool import FcmPushPool
 from engine.providers.messages import Email, Push
 from engine.providers.settings import FcmSettings, SendGridSettings
 
@@ -115,3 +116,25 @@ def test_the_fakes_env_makes_build_senders_talk_to_them(fakes: FakeProviders, mo
     assert [r.path for r in fakes.fcm.received()] == ["/token", "/v1/projects/nudge-demo/messages:send"]
     assert (fakes.directory / "sendgrid-requests.jsonl").read_text().count("\n") == 1
     assert (fakes.directory / "fcm-requests.jsonl").read_text().count("\n") == 2
+
+
+def test_more_than_one_fcm_process_builds_a_pool_sending_from_its_workers(
+    fakes: FakeProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in fakes.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NUDGE_FCM_PROCESSES", "2")
+
+    with build_senders(SendGridSettings(), FcmSettings()) as senders:
+        outcomes = senders["push"].send([Push(f"p-{i}", "run-1", f"token-{i}", "Hi", "There") for i in range(4)])
+        assert isinstance(senders["push"], FcmPushPool)
+
+    assert [o.status for o in outcomes] == ["accepted"] * 4
+    assert sorted(r.path for r in fakes.fcm.received("/v1/")) == ["/v1/projects/nudge-demo/messages:send"] * 4
+
+
+def test_fcm_processes_must_be_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NUDGE_FCM_PROCESSES", "0")
+
+    with pytest.raises(ValidationError, match="processes"):
+        FcmSettings()

@@ -3,6 +3,7 @@ clients inline (`engine.channels.senders.build_channel_senders` builds every cha
 
 from engine.channels.senders import Senders
 from engine.providers.errors import ConfigurationError
+from engine.providers.fcm_pool import FcmPushPool
 from engine.providers.fcm_push import FcmPushSender
 from engine.providers.sendgrid_email import SendGridEmailSender
 from engine.providers.settings import FcmSettings, SendGridSettings, env_name
@@ -33,7 +34,7 @@ def build_email_sender(sendgrid: SendGridSettings) -> SendGridEmailSender:
     )
 
 
-def build_push_sender(fcm: FcmSettings) -> FcmPushSender:
+def build_push_sender(fcm: FcmSettings) -> FcmPushSender | FcmPushPool:
     """The FCM sender, or ConfigurationError naming the environment variable to set or fix."""
     account_variable = env_name(FcmSettings, "service_account_file")
     if fcm.service_account_file is None:
@@ -43,6 +44,8 @@ def build_push_sender(fcm: FcmSettings) -> FcmPushSender:
             "invalid_setting", f"{account_variable}={fcm.service_account_file} is not a readable file"
         )
     try:
+        if fcm.processes > 1:
+            return FcmPushPool(fcm.service_account_file, fcm.processes, endpoint=fcm.endpoint, timeout=fcm.timeout)
         return FcmPushSender(fcm.service_account_file, endpoint=fcm.endpoint, timeout=fcm.timeout)
     except ValueError as exc:
         raise ConfigurationError(

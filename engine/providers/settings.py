@@ -56,9 +56,12 @@ class SendGridSettings(BaseSettings):
 
 
 class FcmSettings(BaseSettings):
-    """Firebase Cloud Messaging: NUDGE_FCM_SERVICE_ACCOUNT_FILE, NUDGE_FCM_ENDPOINT, NUDGE_FCM_TIMEOUT.
+    """Firebase Cloud Messaging: NUDGE_FCM_SERVICE_ACCOUNT_FILE, NUDGE_FCM_ENDPOINT, NUDGE_FCM_TIMEOUT,
+    NUDGE_FCM_PROCESSES.
 
-    `endpoint` is unset in production (the SDK's fcm.googleapis.com); set it to reach a local fake.
+    `endpoint` is unset in production (the SDK's fcm.googleapis.com); set it to reach a local fake. `processes`
+    above 1 sends each wave from that many worker processes (`engine.providers.fcm_pool`): worth it for large
+    sends on a machine with as many free cores, a cost of ~1 s of start-up otherwise.
     """
 
     model_config = SettingsConfigDict(env_prefix="NUDGE_FCM_", extra="ignore")
@@ -66,6 +69,7 @@ class FcmSettings(BaseSettings):
     service_account_file: Path | None = None
     endpoint: str | None = None
     timeout: float = Field(default=10.0, gt=0)
+    processes: int = Field(default=1, ge=1)
 
     _endpoint_is_url = field_validator("endpoint")(require_http_url)
 
