@@ -38,9 +38,10 @@ TARGET_SECONDS = 180.0
 TARGET_RSS = {1_000_000: 8 * 2**30, 10_000_000: 16 * 2**30}
 WARM_MARKER = "warm.json"
 # The first warm-up run meets the flood of every new journey; its follow-ups (delays and wait timeouts of 3 and 4
-# days) come due on the 4th and 5th runs. A 6th run, the timed one, then sends what a deployment sends every day:
-# the day's new entries plus the follow-ups of entries 3 and 4 days old, none of them the flood's.
-WARM_UP_DAYS = 5
+# days) come due on the 4th and 5th runs, and those quiet hours hold go out on the next day's run, the 6th. The
+# 7th, the timed one, then sends what a deployment sends every day: the day's new entries, the follow-ups of
+# entries 3 and 4 days old and the messages held since yesterday, none of them the flood's.
+WARM_UP_DAYS = 6
 STAGE_FLOORS = {
     "ingest_task": "ingest",
     "segments_task": "segments",
