@@ -4,8 +4,8 @@
 fakes' addresses come from the environment the parent sets), then prints one JSON line about the last run: the
 flow run's wall time as Prefect recorded it, each task run's start and end, the RSS of the process and its
 children (push workers, a local Prefect server) sampled through the run (so each stage gets its own peak), and
-what the run counted. With `profile` set, the last run is also
-profiled (cProfile, the flow's thread: Prefect runs a sync flow's tasks in it) into that file.
+what the run counted. With `profile` set, the last run is also profiled (cProfile, the flow's thread: Prefect
+runs a sync flow's tasks in it) into that file.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import Any
 
 import psutil
+
+from bench.timing import descendants_total
 
 _SAMPLE_SECONDS = 0.05
 
@@ -55,13 +57,7 @@ class RssSampler:
 
 
 def _tree_rss(process: psutil.Process) -> int:
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
+    return process.memory_info().rss + int(descendants_total(lambda child: child.memory_info().rss))
 
 
 def run_days(instants: list[datetime], profile: str | None) -> dict[str, Any]:

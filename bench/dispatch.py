@@ -37,13 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 from sqlalchemy import Engine, func, insert, select
 
 from bench.dispatch_workload import CHANNEL_TEMPLATES, DispatchWorkload, build_workload
 from bench.fake_process import FakeProcess, accepted_sends
 from bench.report import count, ratio, seconds, table
-from bench.timing import Timing, best_of, timed
+from bench.timing import Timing, best_of, descendants_total, timed
 from bench.workload import REPO_ROOT, parse_count
 from engine.channels.registry import channel as channel_named
 from engine.contexts import builder_for
@@ -299,14 +298,7 @@ def senders_for(env: dict[str, str], push_processes: int) -> Senders:
 
 def child_cpu() -> float:
     """User + system CPU seconds used so far by this process's live children (the fakes' process, push workers)."""
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            times = child.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    return descendants_total(lambda child: child.cpu_times().user + child.cpu_times().system)
 
 
 def with_fakes(

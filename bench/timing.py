@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -48,3 +50,15 @@ def child_result(module: str, arguments: list[str], cwd: Path) -> dict[str, Any]
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def descendants_total(measure: Callable[[psutil.Process], float]) -> float:
+    """`measure` summed over this process's live descendants (fakes' process, push workers, Prefect's server);
+    one that exits while being read counts as nothing."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += measure(child)
+        except psutil.NoSuchProcess:
+            continue
+    return total
